@@ -1,0 +1,316 @@
+"""Chunks: the immutable objects a stream is made of.
+
+A chunk is one header line of JSON, a newline, then the body::
+
+    {"format":"pipes-bus-chunk","protocol":"1.0","writer":"w-...","chunk":7,
+     "first":700,"count":100,"encoding":"jsonl","size":5120,"crc32":123456789}\\n
+    <body: `size` bytes, compressed if "compression" is set>
+
+The body is JSON Lines (one message per line) or a MessagePack array. ``crc32`` covers
+the body as stored; ``mac`` (when the session has a key) is an HMAC-SHA256 over the
+header without ``mac`` and the body. Readers need nothing but the header to check a
+chunk, so a chunk explains itself wherever it is found.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import hmac
+import lzma
+import zlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from ._schema import (
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    PROTOCOL_VERSION,
+    AnyMessage,
+    Message,
+    UnknownMessage,
+    known_fields,
+)
+
+__all__ = ["FORMAT", "ChunkHeader", "DecodedChunk", "build_chunk", "parse_chunk"]
+
+FORMAT = "pipes-bus-chunk"
+MAX_HEADER_BYTES = 64 * 1024
+
+Encoding = Literal["jsonl", "msgpack"]
+Compression = Literal["gzip", "zlib", "bz2", "lzma"]
+
+
+class ChunkHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The first line of every chunk."""
+
+    format: str = FORMAT
+    protocol: str = PROTOCOL_VERSION
+    writer: str
+    chunk: int
+    first: int
+    count: int
+    encoding: str = "jsonl"
+    compression: str | None = None
+    size: int
+    crc32: int
+    final: bool = False
+    mac: str | None = None
+
+
+_HEADER_ENCODER = msgspec.json.Encoder()
+_HEADER_DECODER = msgspec.json.Decoder(ChunkHeader)
+
+_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": lambda data: zlib.compress(data, 6, wbits=31),
+    "zlib": lambda data: zlib.compress(data, 6),
+    "bz2": lambda data: bz2.compress(data, 9),
+    "lzma": lambda data: lzma.compress(data),
+}
+
+
+def _decompress(data: bytes, codec: str, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes; raise ValueError past it (no bombs)."""
+    decoder: Any
+    if codec in ("gzip", "zlib"):
+        decoder = zlib.decompressobj(wbits=31 if codec == "gzip" else 15)
+    elif codec == "bz2":
+        decoder = bz2.BZ2Decompressor()
+    elif codec == "lzma":
+        decoder = lzma.LZMADecompressor()
+    else:
+        raise ValueError(f"unknown compression {codec!r}")
+    out = decoder.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"decompressed body is over the {limit}-byte limit")
+    if codec in ("gzip", "zlib") and not decoder.eof:
+        raise ValueError("compressed body is incomplete")
+    return bytes(out)
+
+
+def sign(key: bytes, header_line: bytes, body: bytes) -> str:
+    """HMAC-SHA256 of a chunk's unsigned header line and body, hex-encoded."""
+    mac = hmac.new(key, header_line, hashlib.sha256)
+    mac.update(b"\n")
+    mac.update(body)
+    return mac.hexdigest()
+
+
+def build_chunk(
+    *,
+    writer: str,
+    chunk: int,
+    first: int,
+    count: int,
+    body: bytes,
+    encoding: str = "jsonl",
+    compression: str | None = None,
+    final: bool = False,
+    key: bytes | None = None,
+) -> bytes:
+    """Assemble a chunk object from an encoded body."""
+    if compression is not None:
+        body = _COMPRESSORS[compression](body)
+    header = ChunkHeader(
+        writer=writer,
+        chunk=chunk,
+        first=first,
+        count=count,
+        encoding=encoding,
+        compression=compression,
+        size=len(body),
+        crc32=zlib.crc32(body),
+        final=final,
+    )
+    line = _HEADER_ENCODER.encode(header)
+    if key is not None:
+        signed = msgspec.structs.replace(header, mac=sign(key, line, body))
+        line = _HEADER_ENCODER.encode(signed)
+    return b"".join((line, b"\n", body))
+
+
+class ChunkProblem(Exception):
+    """A chunk cannot be delivered. ``reason`` is a StreamFault reason."""
+
+    def __init__(self, reason: str, detail: str, header: ChunkHeader | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.header = header
+
+
+class DecodedChunk(msgspec.Struct, frozen=True):
+    """A checked chunk: its header, its messages, and any unknown fields by position."""
+
+    header: ChunkHeader
+    messages: list[Message | UnknownMessage]
+    unknown_fields: dict[int, dict[str, Any]] | None = None
+
+
+_JSON_DECODER = msgspec.json.Decoder(AnyMessage)
+_JSON_ANY = msgspec.json.Decoder()
+_MSGPACK_DECODER = msgspec.msgpack.Decoder(list[AnyMessage])  # type: ignore[valid-type]
+_MSGPACK_ANY = msgspec.msgpack.Decoder()
+
+
+def parse_header(data: bytes) -> tuple[ChunkHeader, bytes, bytes]:
+    """Split a chunk into (header, header line, body); raise ChunkProblem if malformed."""
+    end = data.find(b"\n", 0, MAX_HEADER_BYTES)
+    if end < 0:
+        if not data:
+            raise ChunkProblem("truncated", "the object is empty")
+        raise ChunkProblem("foreign", "the object does not start with a pipes_bus chunk header")
+    line = data[:end]
+    try:
+        header = _HEADER_DECODER.decode(line)
+    except msgspec.DecodeError as exc:
+        raw = _try_json(line)
+        if isinstance(raw, dict) and raw.get("format") == FORMAT:
+            raise ChunkProblem("corrupt", f"the chunk header is invalid: {exc}") from None
+        raise ChunkProblem(
+            "foreign", "the object does not start with a pipes_bus chunk header"
+        ) from None
+    if header.format != FORMAT:
+        raise ChunkProblem("foreign", f"the object's format is {header.format!r}, not {FORMAT!r}")
+    return header, line, data[end + 1 :]
+
+
+def _try_json(data: bytes) -> Any:
+    try:
+        return _JSON_ANY.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def parse_chunk(
+    data: bytes,
+    *,
+    writer: str,
+    chunk: int,
+    key: bytes | None = None,
+    max_body_bytes: int = 256 * 1024 * 1024,
+) -> DecodedChunk:
+    """Check and decode a chunk read from ``writer``'s stream at position ``chunk``.
+
+    Raises :class:`ChunkProblem` for anything that must not be delivered: foreign,
+    corrupt, truncated, forged, or from a newer major protocol.
+    """
+    header, line, body = parse_header(data)
+    if header.writer != writer or header.chunk != chunk:
+        raise ChunkProblem(
+            "foreign",
+            f"the chunk says it is chunk {header.chunk} of writer {header.writer!r}",
+            header,
+        )
+    major, minor = _version(header.protocol)
+    if major != PROTOCOL_MAJOR:
+        raise ChunkProblem(
+            "newer_protocol" if major > PROTOCOL_MAJOR else "corrupt",
+            f"the chunk uses protocol {header.protocol}; this reader speaks "
+            f"{PROTOCOL_VERSION}. Upgrade pipes_bus on the orchestrator side.",
+            header,
+        )
+    if len(body) < header.size:
+        raise ChunkProblem(
+            "truncated", f"the body has {len(body)} of its {header.size} bytes", header
+        )
+    if len(body) > header.size:
+        raise ChunkProblem(
+            "corrupt", f"the body has {len(body)} bytes; the header says {header.size}", header
+        )
+    if zlib.crc32(body) != header.crc32:
+        raise ChunkProblem("corrupt", "the body does not match its checksum", header)
+    if key is not None:
+        if header.mac is None:
+            raise ChunkProblem("unauthenticated", "the chunk is not signed", header)
+        unsigned = _HEADER_ENCODER.encode(msgspec.structs.replace(header, mac=None))
+        if not hmac.compare_digest(sign(key, unsigned, body), header.mac):
+            raise ChunkProblem("unauthenticated", "the chunk's signature is wrong", header)
+    if header.compression is not None:
+        try:
+            body = _decompress(body, header.compression, max_body_bytes)
+        except (ValueError, OSError, EOFError, lzma.LZMAError) as exc:
+            raise ChunkProblem("corrupt", f"the body cannot be decompressed: {exc}", header) from None
+    if header.encoding == "jsonl":
+        return _decode_jsonl(header, body, newer=minor > PROTOCOL_MINOR)
+    if header.encoding == "msgpack":
+        return _decode_msgpack(header, body, newer=minor > PROTOCOL_MINOR)
+    raise ChunkProblem(
+        "newer_protocol", f"the chunk's encoding {header.encoding!r} is unknown", header
+    )
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        major, _, minor = text.partition(".")
+        return int(major), int(minor or 0)
+    except ValueError:
+        return (-1, 0)
+
+
+def _decode_jsonl(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedChunk:
+    if not newer:
+        try:
+            messages: list[Any] = _JSON_DECODER.decode_lines(body)
+        except msgspec.DecodeError:
+            pass
+        else:
+            _check_count(header, len(messages))
+            return DecodedChunk(header, messages)
+    lines = body.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    _check_count(header, len(lines))
+    return _decode_each(header, [_try_json(line) for line in lines], newer)
+
+
+def _decode_msgpack(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedChunk:
+    if not newer:
+        try:
+            messages: list[Any] = _MSGPACK_DECODER.decode(body)
+        except msgspec.DecodeError:
+            pass
+        else:
+            _check_count(header, len(messages))
+            return DecodedChunk(header, messages)
+    try:
+        raw = _MSGPACK_ANY.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ChunkProblem("corrupt", f"the body is not valid MessagePack: {exc}", header) from None
+    if not isinstance(raw, list):
+        raise ChunkProblem("corrupt", "the body is not a MessagePack array", header)
+    _check_count(header, len(raw))
+    return _decode_each(header, raw, newer)
+
+
+def _check_count(header: ChunkHeader, n: int) -> None:
+    if n != header.count:
+        raise ChunkProblem(
+            "corrupt", f"the body holds {n} messages; the header says {header.count}", header
+        )
+
+
+def _decode_each(header: ChunkHeader, raws: list[Any], newer: bool) -> DecodedChunk:
+    """The slow path: one message at a time, keeping what the schema does not know."""
+    messages: list[Message | UnknownMessage] = []
+    unknown: dict[int, dict[str, Any]] = {}
+    for i, raw in enumerate(raws):
+        if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+            messages.append(
+                UnknownMessage(kind="", data={"raw": raw}, reason="not a message object")
+            )
+            continue
+        try:
+            message = msgspec.convert(raw, AnyMessage)  # type: ignore[arg-type]
+        except msgspec.ValidationError as exc:
+            reason = "unknown kind" if "Invalid value" in str(exc) and "kind" in str(exc) else str(exc)
+            messages.append(UnknownMessage(kind=raw["kind"], data=raw, reason=reason))
+            continue
+        messages.append(message)
+        if newer:
+            extra = {k: v for k, v in raw.items() if k not in known_fields(message)}
+            if extra:
+                unknown[i] = extra
+    return DecodedChunk(header, messages, unknown or None)

@@ -1,0 +1,392 @@
+"""ChunkWriter: one writer's stream, buffered, flushed in the background, never lossy."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from . import _keys
+from ._chunk import build_chunk
+from ._errors import (
+    BufferFullError,
+    ConfigurationError,
+    DeliveryError,
+    EncodeError,
+    MessageTooLargeError,
+    ObjectTooLargeError,
+    PermanentStoreError,
+    StoreError,
+    TransientStoreError,
+    WriterClosedError,
+    translate_store_error,
+)
+from ._retry import RetryPolicy
+from ._schema import Closed, ExceptionInfo, Message
+from .transports import Transport
+
+__all__ = ["ChunkWriter", "WriterSettings"]
+
+_log = logging.getLogger("pipes_bus")
+MiB = 1024 * 1024
+# How many occupied keys a writer steps over before it calls the stream hijacked.
+_MAX_FOREIGN_SKIPS = 64
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """How a writer batches and retries. ``None`` means "the transport's default".
+
+    ``chunk_bytes``: seal a chunk once its body reaches this size.
+    ``linger``: seal a chunk once its first message is this old (seconds).
+    ``max_buffer_bytes``: memory bound for buffered plus unpublished messages.
+    ``on_full``: "block" the caller until there is room, or "raise" BufferFullError.
+    ``max_message_bytes``: largest single encoded message.
+    """
+
+    encoding: str = "jsonl"
+    compression: str | None = None
+    chunk_bytes: int = 4 * MiB
+    linger: float | None = None
+    max_buffer_bytes: int = 64 * MiB
+    on_full: str = "block"
+    max_message_bytes: int = 8 * MiB
+    retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ("jsonl", "msgpack"):
+            raise ConfigurationError(f"encoding must be 'jsonl' or 'msgpack', not {self.encoding!r}.")
+        if self.compression not in (None, "gzip", "zlib", "bz2", "lzma"):
+            raise ConfigurationError(
+                f"compression must be one of gzip, zlib, bz2, lzma or None, not {self.compression!r}."
+            )
+        if self.on_full not in ("block", "raise"):
+            raise ConfigurationError(f"on_full must be 'block' or 'raise', not {self.on_full!r}.")
+        if self.chunk_bytes <= 0 or self.max_buffer_bytes < self.chunk_bytes:
+            raise ConfigurationError("Need 0 < chunk_bytes <= max_buffer_bytes.")
+
+
+class _Sealed:
+    __slots__ = ("body", "count", "final", "first")
+
+    def __init__(self, first: int, count: int, body: bytes | bytearray, final: bool) -> None:
+        self.first = first
+        self.count = count
+        self.body = body
+        self.final = final
+
+
+class ChunkWriter:
+    """Appends messages to one writer's stream in a session.
+
+    :meth:`write` encodes at the call site (so a bad payload fails there and nothing
+    else is affected) and buffers; a background thread seals chunks on size, on age
+    and on :meth:`flush`, and publishes them in order with put-if-absent, retrying
+    transient store errors. A permanent failure is raised by the next call and by
+    :meth:`close`, naming the messages that were not delivered.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        session: str,
+        writer: str,
+        settings: WriterSettings | None = None,
+        *,
+        key: bytes | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.session = _keys.validate_id("session id", session)
+        self.writer = _keys.validate_id("writer id", writer)
+        self.settings = settings = settings or WriterSettings()
+        self._linger = transport.capabilities.linger if settings.linger is None else settings.linger
+        self._key = key
+        self._sleep = sleep
+        self._clock = clock
+        self._encoder: Any = (
+            msgspec.json.Encoder() if settings.encoding == "jsonl" else msgspec.msgpack.Encoder()
+        )
+        self._jsonl = settings.encoding == "jsonl"
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._buf = bytearray()
+        self._buf_first = 0
+        self._buf_since = 0.0
+        self._sealed: collections.deque[_Sealed] = collections.deque()
+        self._pending = 0  # bytes buffered or sealed but not yet published
+        self._next_seq = 0
+        self._published = 0  # messages published (all seq < this are on the store)
+        self._next_chunk = 0
+        self._flush_requested = False
+        self._closing = False
+        self._closed = False
+        self._error: DeliveryError | None = None
+        self.chunks_published = 0
+        self.bytes_published = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"pipes-bus-writer-{writer}", daemon=True
+        )
+        self._thread.start()
+
+    # --- caller side --------------------------------------------------------------------
+
+    def write(self, message: Message) -> int:
+        """Buffer ``message``; return its index in the stream.
+
+        Raises EncodeError (nothing written), BufferFullError (with on_full="raise"),
+        DeliveryError (an earlier chunk failed for good) or WriterClosedError.
+        """
+        with self._lock:
+            if self._error is not None or self._closing:
+                self._raise_unusable()
+            if self._pending >= self.settings.max_buffer_bytes:
+                self._wait_for_room()
+            buf = self._buf
+            start = len(buf)
+            try:
+                self._encoder.encode_into(message, buf, -1)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+                del buf[start:]
+                raise EncodeError(
+                    f"Cannot encode {type(message).__name__} message: {exc}. "
+                    "Nothing was written for it; earlier messages are unaffected."
+                ) from exc
+            if self._jsonl:
+                buf.append(10)
+            size = len(buf) - start
+            if size > self.settings.max_message_bytes:
+                del buf[start:]
+                raise MessageTooLargeError(
+                    f"A {type(message).__name__} message encodes to {size} bytes, over the "
+                    f"{self.settings.max_message_bytes}-byte limit. Nothing was written for "
+                    "it; store large data elsewhere and report its location."
+                )
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._pending += size
+            if start == 0:
+                self._buf_first = seq
+                self._buf_since = self._clock()
+                self._cond.notify()
+            elif len(buf) >= self.settings.chunk_bytes:
+                self._seal(final=False)
+                self._cond.notify()
+            return seq
+
+    def flush(self) -> None:
+        """Publish everything written so far; raise DeliveryError if that failed."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            target = self._next_seq
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._published < target and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def close(self, exception: BaseException | ExceptionInfo | None = None) -> None:
+        """Write the ``closed`` message, publish everything and stop.
+
+        Raises DeliveryError if anything could not be delivered. Closing twice is a no-op.
+        """
+        with self._lock:
+            if self._closed or self._closing:
+                if self._error is not None:
+                    raise self._error
+                return
+        info = exception
+        if isinstance(exception, BaseException):
+            info = ExceptionInfo.from_exception(exception)
+        with self._lock:
+            if self._error is None:
+                message = Closed(time=time.time(), count=self._next_seq, exception=info)  # type: ignore[arg-type]
+                start = len(self._buf)
+                self._encoder.encode_into(message, self._buf, -1)
+                if self._jsonl:
+                    self._buf.append(10)
+                if start == 0:
+                    self._buf_first = self._next_seq
+                self._pending += len(self._buf) - start
+                self._next_seq += 1
+                self._seal(final=True)
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._lock:
+            self._closed = True
+            if self._error is not None:
+                raise self._error
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has finished."""
+        return self._closed
+
+    @property
+    def error(self) -> DeliveryError | None:
+        """The permanent failure that stopped this writer, if any."""
+        return self._error
+
+    @property
+    def written(self) -> int:
+        """Messages accepted so far (the next message's index)."""
+        return self._next_seq
+
+    @property
+    def delivered(self) -> int:
+        """Messages published to the store so far."""
+        return self._published
+
+    def __repr__(self) -> str:
+        return f"<ChunkWriter {self.transport.describe(_keys.stream_prefix(self.session, self.writer))}>"
+
+    # --- internals (call with the lock held) --------------------------------------------
+
+    def _raise_unusable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        raise WriterClosedError(
+            f"Cannot write to {self!r}: it has been closed. Open a new writer."
+        )
+
+    def _wait_for_room(self) -> None:
+        if self.settings.on_full == "raise":
+            raise BufferFullError(
+                f"{self!r} holds {self._pending} unpublished bytes, its limit "
+                f"({self.settings.max_buffer_bytes}); the store is not keeping up. "
+                "Retry later, or use on_full='block'."
+            )
+        if self._buf:
+            self._seal(final=False)
+            self._cond.notify_all()
+        while self._pending >= self.settings.max_buffer_bytes and self._error is None:
+            self._cond.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _seal(self, *, final: bool) -> None:
+        count = self._next_seq - self._buf_first
+        body: bytes | bytearray = self._buf
+        if not self._jsonl:
+            body = b"\xdd" + count.to_bytes(4, "big") + bytes(body)
+        self._sealed.append(_Sealed(self._buf_first, count, body, final))
+        self._buf = bytearray()
+        self._buf_first = self._next_seq
+
+    # --- background publisher -----------------------------------------------------------
+
+    def _next_sealed(self) -> _Sealed | None:
+        with self._lock:
+            while True:
+                if self._sealed:
+                    return self._sealed.popleft()
+                if self._buf:
+                    age = self._clock() - self._buf_since
+                    if self._flush_requested or self._closing or age >= self._linger:
+                        self._seal(final=False)
+                        continue
+                    self._cond.wait(self._linger - age)
+                    continue
+                self._flush_requested = False
+                if self._closing:
+                    return None
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            sealed = self._next_sealed()
+            if sealed is None:
+                return
+            try:
+                self._publish(sealed)
+            except BaseException as exc:
+                with self._lock:
+                    last = self._next_seq - 1
+                    where = self.transport.describe(_keys.stream_prefix(self.session, self.writer))
+                    error = DeliveryError(
+                        f"{last - sealed.first + 1} messages (indices {sealed.first}..{last}) "
+                        f"were not delivered to {where}: {exc}",
+                        first=sealed.first,
+                        last=last,
+                    )
+                    error.__cause__ = exc
+                    self._error = error
+                    self._sealed.clear()
+                    self._buf = bytearray()
+                    self._pending = 0
+                    self._cond.notify_all()
+                _log.error("%s", error)
+                return
+            with self._lock:
+                self._published = sealed.first + sealed.count
+                self._pending -= len(sealed.body)
+                self._cond.notify_all()
+
+    def _publish(self, sealed: _Sealed) -> None:
+        body = bytes(sealed.body)
+        for _ in range(_MAX_FOREIGN_SKIPS):
+            number = self._next_chunk
+            key = _keys.chunk_key(self.session, self.writer, number)
+            data = build_chunk(
+                writer=self.writer,
+                chunk=number,
+                first=sealed.first,
+                count=sealed.count,
+                body=body,
+                encoding=self.settings.encoding,
+                compression=self.settings.compression,
+                final=sealed.final,
+                key=self._key,
+            )
+            created = self._put(key, data)
+            self._next_chunk = number + 1
+            if created:
+                self.chunks_published += 1
+                self.bytes_published += len(data)
+                return
+            _log.warning(
+                "%s holds an object this writer did not write; writing to the next key.",
+                self.transport.describe(key),
+            )
+        raise PermanentStoreError(
+            f"{_MAX_FOREIGN_SKIPS} keys in a row in "
+            f"{self.transport.describe(_keys.stream_prefix(self.session, self.writer))} were "
+            "taken by objects this writer did not write; something else writes to this stream.",
+            url=self.transport.url,
+        )
+
+    def _put(self, key: str, data: bytes) -> bool:
+        """Put-if-absent with retries. True if ``data`` is now at ``key``, False if another object is."""
+        for attempt in self.settings.retry.retrying(self._sleep):
+            with attempt:
+                try:
+                    if self.transport.put_if_absent(key, data):
+                        return True
+                    # Taken: by our own earlier attempt whose answer was lost, or by a stranger.
+                    existing = self.transport.get(key, max_size=len(data))
+                except ObjectTooLargeError:
+                    return False
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    raise translate_store_error(
+                        exc, url=self.transport.url, key=key, op="write"
+                    ) from exc
+                if existing is None:
+                    raise TransientStoreError(
+                        f"{self.transport.describe(key)} was reported taken, then missing.",
+                        url=self.transport.url,
+                        key=key,
+                    )
+                return existing == data
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,8 @@
+"""Test helpers that ship with pipes_bus: the transport conformance suite and fault injection.
+
+Importing this package needs pytest (for the suite); the worker side never imports it.
+"""
+
+from .faults import FaultPlan, FaultyTransport
+
+__all__ = ["FaultPlan", "FaultyTransport"]

@@ -1,0 +1,115 @@
+"""The transport interface: four operations on immutable objects, plus capabilities."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = ["Capabilities", "RequestStats", "Transport"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a transport guarantees, and the timings that suit it.
+
+    ``atomic_create``: put_if_absent is exclusive and readers never see a partial object.
+    ``list_after``: list(after=...) is answered by the store, not filtered client-side.
+    ``shared``: other processes (and hosts) see the same objects.
+    ``linger`` / ``poll``: default writer linger and fastest reader poll, in seconds.
+    """
+
+    atomic_create: bool = True
+    list_after: bool = False
+    shared: bool = True
+    linger: float = 0.25
+    poll: float = 0.05
+
+
+@dataclass
+class RequestStats:
+    """Requests a transport made, by kind, and the bytes it moved. Thread-safe."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, kind: str, *, sent: int = 0, received: int = 0) -> None:
+        """Record one request of ``kind`` (put, get, list, head, delete)."""
+        with self._lock:
+            self.requests[kind] = self.requests.get(kind, 0) + 1
+            self.bytes_sent += sent
+            self.bytes_received += received
+
+    @property
+    def total(self) -> int:
+        """All requests of every kind."""
+        return sum(self.requests.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain dict copy, for results and reports."""
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "bytes_sent": self.bytes_sent,
+                "bytes_received": self.bytes_received,
+            }
+
+
+class Transport:
+    """Moves immutable objects to and from one store location (the bus URL).
+
+    Keys are '/'-separated and relative to that location. Implementations must be
+    thread-safe and translate store failures into
+    :class:`~pipes_bus.TransientStoreError` or :class:`~pipes_bus.PermanentStoreError`
+    (see ``pipes_bus._errors.store_errors``). Subclass, implement the four methods, and
+    run :mod:`pipes_bus.testing.conformance` against it.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        self.url = url
+        self.storage_options = storage_options
+        self.stats = RequestStats()
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` atomically; False if ``key`` already exists."""
+        raise NotImplementedError
+
+    def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
+        """The whole object at ``key``, or None if there is none.
+
+        With ``max_size``, an object larger than that raises ``ObjectTooLargeError``
+        without being read into memory.
+        """
+        raise NotImplementedError
+
+    def list(self, prefix: str, *, after: str | None = None) -> list[str]:
+        """Sorted names of the direct children of ``prefix`` (objects and folders).
+
+        With ``after``, only names that sort after it. A missing prefix lists as empty.
+        """
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``; a missing object is not an error."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The default does nothing."""
+
+    def describe(self, key: str = "") -> str:
+        """The full location of ``key``, for messages."""
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
