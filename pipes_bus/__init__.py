@@ -6,7 +6,10 @@ no CLI extras and no cloud SDK.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._chunk import ChunkHeader
+from ._context import Context, PartitionKeyRange, PartitionTimeWindow
 from ._errors import (
     BufferFullError,
     ConfigurationError,
@@ -55,6 +58,7 @@ from ._schema import (
     metadata_value,
 )
 from ._version import __version__
+from ._worker import Worker, WorkerTerminated, open_worker
 from ._writer import ChunkWriter, WriterSettings
 from .transports import Capabilities, Transport, open_transport, register_transport
 
@@ -69,6 +73,7 @@ __all__ = [
     "ChunkWriter",
     "Closed",
     "ConfigurationError",
+    "Context",
     "Custom",
     "DeliveryError",
     "EncodeError",
@@ -87,6 +92,8 @@ __all__ = [
     "ObjectTooLargeError",
     "Opened",
     "Output",
+    "PartitionKeyRange",
+    "PartitionTimeWindow",
     "PathValue",
     "PermanentStoreError",
     "PipesBusError",
@@ -108,11 +115,32 @@ __all__ = [
     "UnknownMessage",
     "UnknownSchemeError",
     "UrlValue",
+    "Session",
+    "SessionResult",
+    "Worker",
+    "WorkerTerminated",
     "WriterClosedError",
     "WriterInfo",
     "WriterSettings",
     "__version__",
     "metadata_value",
+    "open_session",
     "open_transport",
+    "open_worker",
     "register_transport",
+    "run_subprocess",
 ]
+
+if TYPE_CHECKING:
+    from .orchestrator import Session, SessionResult, open_session, run_subprocess
+
+_ORCHESTRATOR = frozenset({"Session", "SessionResult", "open_session", "run_subprocess"})
+
+
+def __getattr__(name: str) -> Any:
+    # The orchestrator side loads only when asked for, so workers stay light.
+    if name in _ORCHESTRATOR:
+        from . import orchestrator
+
+        return getattr(orchestrator, name)
+    raise AttributeError(f"module 'pipes_bus' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m pipes_bus`` is the ``pipes-bus`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

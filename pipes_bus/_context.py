@@ -1,0 +1,208 @@
+"""What the orchestrator hands a worker: the session bootstrap and the run context.
+
+The orchestrator sets ``PIPES_BUS_SESSION`` (a compact encoding of :class:`SessionParams`)
+in the worker's environment. The params name the bus URL, the session, non-secret storage
+options, and where the context is: inline in ``PIPES_BUS_CONTEXT``, as an object in the
+session, or in the command-line arguments. Credentials are never part of it: the worker
+takes them from its own environment, the way fsspec and the cloud SDKs do.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ._errors import ConfigurationError, NotInSessionError
+from ._schema import PROTOCOL_VERSION
+
+__all__ = [
+    "ARGV_FLAG",
+    "CONTEXT_ENV",
+    "KEY_ENV",
+    "LABEL_ENV",
+    "SESSION_ENV",
+    "Context",
+    "PartitionKeyRange",
+    "PartitionTimeWindow",
+    "SessionParams",
+    "decode_params",
+    "encode_params",
+    "load_context",
+    "register_context_loader",
+]
+
+SESSION_ENV = "PIPES_BUS_SESSION"
+CONTEXT_ENV = "PIPES_BUS_CONTEXT"
+KEY_ENV = "PIPES_BUS_KEY"
+LABEL_ENV = "PIPES_BUS_LABEL"
+ARGV_FLAG = "--pipes-bus-context"
+
+
+class PartitionKeyRange(msgspec.Struct, frozen=True):
+    """An inclusive range of partition keys."""
+
+    start: str
+    end: str
+
+
+class PartitionTimeWindow(msgspec.Struct, frozen=True):
+    """A half-open time window [start, end), as ISO-8601 strings."""
+
+    start: str
+    end: str
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the worker is asked to do: run, job, assets, partitions and free-form extras."""
+
+    run_id: str = ""
+    job_name: str | None = None
+    asset_keys: list[str] = []
+    partition_key: str | None = None
+    partition_key_range: PartitionKeyRange | None = None
+    partition_time_window: PartitionTimeWindow | None = None
+    retry_number: int = 0
+    code_versions: dict[str, str] = {}
+    provenance: dict[str, dict[str, Any]] = {}
+    extras: dict[str, Any] = {}
+
+    @property
+    def asset_key(self) -> str:
+        """The one asset key; raises if there are none or several."""
+        if len(self.asset_keys) != 1:
+            raise ConfigurationError(
+                f"The context has {len(self.asset_keys)} asset keys ({self.asset_keys}); "
+                "pass asset_key= explicitly."
+            )
+        return self.asset_keys[0]
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """One extra by name."""
+        return self.extras.get(name, default)
+
+
+class SessionParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The bootstrap a worker reads from ``PIPES_BUS_SESSION``."""
+
+    bus: str
+    session: str
+    protocol: str = PROTOCOL_VERSION
+    storage_options: dict[str, Any] = {}
+    context: dict[str, Any] = {}  # {"via": "env"|"object"|"argv", ...}
+    writer: dict[str, Any] = {}  # WriterSettings overrides (encoding, linger, ...)
+    capture_output: bool = False
+    signed: bool = False
+
+
+def _pack(value: Any) -> str:
+    return base64.urlsafe_b64encode(zlib.compress(msgspec.json.encode(value), 9)).decode()
+
+
+def _unpack(text: str, type: Any, what: str) -> Any:
+    try:
+        return msgspec.json.decode(zlib.decompress(base64.urlsafe_b64decode(text)), type=type)
+    except (ValueError, zlib.error, msgspec.DecodeError) as exc:
+        raise ConfigurationError(
+            f"{what} cannot be decoded ({exc}). It must be set by a pipes_bus orchestrator "
+            "of the same major protocol version."
+        ) from exc
+
+
+def encode_params(params: SessionParams) -> str:
+    """The value of ``PIPES_BUS_SESSION`` for ``params``."""
+    return _pack(params)
+
+
+def decode_params(env: Mapping[str, str] | None = None) -> SessionParams:
+    """Read the session bootstrap from ``env`` (default: this process's environment)."""
+    env = os.environ if env is None else env
+    text = env.get(SESSION_ENV)
+    if not text:
+        raise NotInSessionError(
+            f"{SESSION_ENV} is not set: this process was not started by a pipes_bus session. "
+            "Launch it with `pipes-bus run -- COMMAND` or a session's env, or pass "
+            "allow_missing=True to run without reporting."
+        )
+    return _unpack(text, SessionParams, SESSION_ENV)  # type: ignore[no-any-return]
+
+
+def encode_context(context: Context) -> str:
+    """A context in the compact form used by the env and argv injectors."""
+    return _pack(context)
+
+
+def decode_context(text: str, what: str) -> Context:
+    """A context from its compact form."""
+    return _unpack(text, Context, what)  # type: ignore[no-any-return]
+
+
+# --- loaders (worker side); each injector on the orchestrator side has one here ----------
+
+Loader = Callable[[Mapping[str, Any], Mapping[str, str], Sequence[str], Any], Context]
+
+
+def _from_env(source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any) -> Context:
+    name = source.get("env", CONTEXT_ENV)
+    text = env.get(name)
+    if text is None:
+        raise ConfigurationError(f"The session put the context in {name}, but it is not set.")
+    return decode_context(text, name)
+
+
+def _from_argv(
+    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any
+) -> Context:
+    flag = source.get("flag", ARGV_FLAG)
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            return decode_context(arg[len(flag) + 1 :], flag)
+        if arg == flag and i + 1 < len(argv):
+            return decode_context(argv[i + 1], flag)
+    raise ConfigurationError(f"The session put the context in the {flag} argument, but it is missing.")
+
+
+def _from_object(
+    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], transport: Any
+) -> Context:
+    key = source["key"]
+    data = transport.get(key, max_size=source.get("max_size", 64 * 1024 * 1024))
+    if data is None:
+        raise ConfigurationError(f"The context object {transport.describe(key)} does not exist.")
+    try:
+        return msgspec.json.decode(data, type=Context)
+    except msgspec.DecodeError as exc:
+        raise ConfigurationError(f"The context object {transport.describe(key)} is invalid: {exc}") from exc
+
+
+_LOADERS: dict[str, Loader] = {"env": _from_env, "argv": _from_argv, "object": _from_object}
+
+
+def register_context_loader(via: str, loader: Loader) -> None:
+    """Teach workers a new way to find their context (pair it with an injector)."""
+    _LOADERS[via] = loader
+
+
+def load_context(
+    params: SessionParams,
+    transport: Any,
+    env: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
+) -> Context:
+    """The context the session's injector left for this worker."""
+    source = params.context
+    if not source:
+        return Context()
+    via = source.get("via", "")
+    loader = _LOADERS.get(via)
+    if loader is None:
+        raise ConfigurationError(
+            f"The session injected its context via {via!r}, which this worker cannot load. "
+            f"Known: {', '.join(sorted(_LOADERS))}."
+        )
+    return loader(source, os.environ if env is None else env, sys.argv if argv is None else argv, transport)

@@ -1,0 +1,616 @@
+"""The orchestrator side: sessions, context injectors, and the session result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+from . import _keys
+from ._context import (
+    ARGV_FLAG,
+    CONTEXT_ENV,
+    KEY_ENV,
+    SESSION_ENV,
+    Context,
+    SessionParams,
+    encode_context,
+    encode_params,
+)
+from ._errors import ConfigurationError
+from ._reader import Event, SessionCursor, SessionReader, StreamFault
+from ._retry import PollSchedule
+from ._schema import (
+    Check,
+    Closed,
+    Custom,
+    ExceptionInfo,
+    Log,
+    Materialization,
+    Opened,
+    Output,
+    Progress,
+    UnknownMessage,
+)
+from .transports import Transport, open_transport
+
+__all__ = [
+    "ArgvContextInjector",
+    "AutoContextInjector",
+    "ContextInjector",
+    "EnvContextInjector",
+    "Injection",
+    "ObjectContextInjector",
+    "Session",
+    "SessionResult",
+    "WriterState",
+    "default_bus_url",
+    "open_session",
+]
+
+BUS_ENV = "PIPES_BUS_URL"
+# Exit statuses of a session whose command itself exited 0 (see `pipes-bus run --help`).
+EXIT_WORKER_FAILED = 3
+EXIT_INCOMPLETE = 4
+EXIT_UNDELIVERABLE = 5
+
+
+def default_bus_url() -> str:
+    """$PIPES_BUS_URL, else a local directory in the user's cache: nothing to configure."""
+    url = os.environ.get(BUS_ENV)
+    if url:
+        return url
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pipes-bus", "bus")
+
+
+# --- context injection (orchestrator side); loaders are in _context ----------------------
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Where an injector put the context: the loader's ``source``, plus env and args to add."""
+
+    source: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+
+class ContextInjector:
+    """Puts a context where the matching worker-side loader will find it."""
+
+    via: ClassVar[str] = ""
+
+    def inject(self, context: Context, transport: Transport, session: str) -> Injection:
+        """Place ``context`` for ``session`` and say where it is."""
+        raise NotImplementedError
+
+
+class EnvContextInjector(ContextInjector):
+    """Inline in ``PIPES_BUS_CONTEXT``, compressed. For contexts up to ``max_bytes``."""
+
+    via = "env"
+
+    def __init__(self, max_bytes: int = 96 * 1024) -> None:
+        self.max_bytes = max_bytes
+
+    def inject(self, context: Context, transport: Transport, session: str) -> Injection:
+        text = encode_context(context)
+        if len(text) > self.max_bytes:
+            raise ConfigurationError(
+                f"The context encodes to {len(text)} bytes, over the {self.max_bytes}-byte limit "
+                "for an environment variable. Use ObjectContextInjector (or the default, auto)."
+            )
+        return Injection({"via": "env", "env": CONTEXT_ENV}, env={CONTEXT_ENV: text})
+
+
+class ObjectContextInjector(ContextInjector):
+    """As ``{session}/context.json`` on the bus; only its key travels in the environment."""
+
+    via = "object"
+
+    def inject(self, context: Context, transport: Transport, session: str) -> Injection:
+        key = f"{session}/context.json"
+        data = msgspec.json.encode(context)
+        if not transport.put_if_absent(key, data) and transport.get(key) != data:
+            raise ConfigurationError(f"{transport.describe(key)} already holds another context.")
+        return Injection({"via": "object", "key": key, "max_size": max(len(data), 1)})
+
+
+class ArgvContextInjector(ContextInjector):
+    """As a ``--pipes-bus-context=...`` argument appended to the command."""
+
+    via = "argv"
+
+    def inject(self, context: Context, transport: Transport, session: str) -> Injection:
+        return Injection(
+            {"via": "argv", "flag": ARGV_FLAG}, args=[f"{ARGV_FLAG}={encode_context(context)}"]
+        )
+
+
+class AutoContextInjector(ContextInjector):
+    """Inline in the environment when small, else an object in the session (the default)."""
+
+    via = "auto"
+
+    def __init__(self, inline_limit: int = 16 * 1024) -> None:
+        self.inline_limit = inline_limit
+
+    def inject(self, context: Context, transport: Transport, session: str) -> Injection:
+        if len(encode_context(context)) <= self.inline_limit:
+            return EnvContextInjector(self.inline_limit).inject(context, transport, session)
+        return ObjectContextInjector().inject(context, transport, session)
+
+
+_INJECTORS: dict[str, Callable[[], ContextInjector]] = {
+    "auto": AutoContextInjector,
+    "env": EnvContextInjector,
+    "object": ObjectContextInjector,
+    "argv": ArgvContextInjector,
+}
+
+_SECRET = re.compile(
+    r"(secret|password|passwd|token|credential|sas|signature|connection_string|account_key|"
+    r"access_key|session_key|private|^key$|_key$)",
+    re.IGNORECASE,
+)
+
+
+def public_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Storage options with anything that looks like a credential removed (recursively)."""
+    kept: dict[str, Any] = {}
+    for name, value in options.items():
+        if _SECRET.search(name) and value not in ("anon", None, True, False):
+            continue
+        kept[name] = public_options(value) if isinstance(value, Mapping) else value
+    return kept
+
+
+# --- result ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WriterState:
+    """What the session knows about one writer."""
+
+    id: str
+    label: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    opened: bool = False
+    closed: bool = False
+    exception: ExceptionInfo | None = None
+    messages: int = 0
+    last: Event | None = None
+    progress: Progress | None = None
+
+    @property
+    def name(self) -> str:
+        """The label if there is one, else the id."""
+        return f"{self.label} ({self.id})" if self.label else self.id
+
+    def last_message_text(self) -> str:
+        """A short description of the last delivered message."""
+        if self.last is None:
+            return "nothing was delivered"
+        message = self.last.message
+        kind = message.kind if isinstance(message, UnknownMessage) else type(message).__name__.lower()
+        return f"its last delivered message was #{self.last.seq} ({kind})"
+
+
+@dataclass
+class SessionResult:
+    """Everything a session heard, and whether anything went wrong."""
+
+    session: str
+    bus: str
+    exit_code: int | None = None
+    writers: dict[str, WriterState] = field(default_factory=dict)
+    materializations: list[Event] = field(default_factory=list)
+    checks: list[Event] = field(default_factory=list)
+    custom_messages: list[Event] = field(default_factory=list)
+    logs: list[Event] = field(default_factory=list)
+    outputs: list[Event] = field(default_factory=list)
+    unknown: list[Event] = field(default_factory=list)
+    faults: list[StreamFault] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, Any] = field(default_factory=dict)
+    diagnostics: str = ""
+
+    @property
+    def incomplete(self) -> list[WriterState]:
+        """Writers that opened but never closed."""
+        return [w for w in self.writers.values() if not w.closed]
+
+    @property
+    def failed(self) -> list[WriterState]:
+        """Writers that closed with an exception."""
+        return [w for w in self.writers.values() if w.closed and w.exception is not None]
+
+    @property
+    def ok(self) -> bool:
+        """True only if the command exited 0, every writer closed cleanly, nothing was lost."""
+        return self.exit_status() == 0
+
+    def problems(self) -> list[str]:
+        """One sentence per problem, most important first."""
+        lines: list[str] = []
+        if self.exit_code not in (None, 0):
+            lines.append(f"the command exited with status {self.exit_code}")
+        for w in self.failed:
+            assert w.exception is not None
+            lines.append(f"writer {w.name} failed: {w.exception.type}: {w.exception.message}")
+        for w in self.incomplete:
+            lines.append(f"writer {w.name} never closed; {w.last_message_text()}")
+        for fault in self.faults:
+            lines.append(f"undeliverable data: {fault}")
+        return lines
+
+    def reason(self) -> str | None:
+        """A one-line reason the session did not succeed, or None."""
+        problems = self.problems()
+        if not problems:
+            return None
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return problems[0] + more
+
+    def exit_status(self) -> int:
+        """The documented exit status: the command's, else 3/4/5 for worker problems."""
+        if self.exit_code not in (None, 0):
+            assert self.exit_code is not None
+            return self.exit_code if self.exit_code > 0 else 128 - self.exit_code
+        if self.failed:
+            return EXIT_WORKER_FAILED
+        if self.incomplete:
+            return EXIT_INCOMPLETE
+        if self.faults:
+            return EXIT_UNDELIVERABLE
+        return 0
+
+
+# --- session --------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Session:
+    """One run of work: the environment to launch it with, its live events, its result.
+
+    Create with :func:`open_session`. Launch the work with ``session.env`` added to its
+    environment (and ``session.args`` appended to its command), then iterate
+    :meth:`follow` or call :meth:`wait`.
+    """
+
+    def __init__(
+        self,
+        bus: str | None = None,
+        *,
+        context: Context | Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        injector: ContextInjector | str = "auto",
+        session_id: str | None = None,
+        capture_output: bool = False,
+        writer_settings: Mapping[str, Any] | None = None,
+        sign: bool = False,
+        collect: bool = True,
+        grace: float = 10.0,
+        poll: PollSchedule | None = None,
+        transport: Transport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus or default_bus_url()
+        options = dict(storage_options or {})
+        self.transport = transport or open_transport(self.bus, **options)
+        self.id = _keys.validate_id("session id", session_id) if session_id else _keys.new_id("s")
+        if isinstance(context, Context):
+            self.context = context
+        else:
+            self.context = msgspec.convert(dict(context or {}), Context)
+        if not self.context.run_id:
+            self.context = msgspec.structs.replace(self.context, run_id=self.id)
+        chosen = _INJECTORS[injector]() if isinstance(injector, str) else injector
+        self.injection = chosen.inject(self.context, self.transport, self.id)
+        self.key = secrets.token_bytes(32) if sign else None
+        params = SessionParams(
+            bus=self.bus,
+            session=self.id,
+            storage_options=public_options(options),
+            context=self.injection.source,
+            writer=dict(writer_settings or {}),
+            capture_output=capture_output,
+            signed=sign,
+        )
+        self.env: dict[str, str] = {SESSION_ENV: encode_params(params), **self.injection.env}
+        if self.key is not None:
+            self.env[KEY_ENV] = self.key.hex()
+        self.args: list[str] = list(self.injection.args)
+        self._follow_setup(None, grace, collect, poll, sleep, clock)
+
+    def _follow_setup(
+        self,
+        cursor: SessionCursor | None,
+        grace: float,
+        collect: bool,
+        poll: PollSchedule | None,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.grace = grace
+        self.collect = collect
+        self.reader = SessionReader(self.transport, self.id, key=self.key, cursor=cursor)
+        self.cursor = cursor or SessionCursor(self.id)
+        self.result = SessionResult(session=self.id, bus=self.bus)
+        self._callbacks: list[Callable[[Event | StreamFault], None]] = []
+        self._last_in_batch: dict[str, Event] = {}
+        self._poll = poll
+        self._sleep = sleep
+        self._clock = clock
+        self._host = socket.gethostname()
+
+    @classmethod
+    def attach(
+        cls,
+        transport: Transport,
+        session_id: str,
+        *,
+        cursor: SessionCursor | None = None,
+        key: bytes | None = None,
+        collect: bool = True,
+        grace: float = 10.0,
+        poll: PollSchedule | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Session:
+        """Follow a session that is already running (e.g. after an orchestrator restart).
+
+        With ``cursor``, it resumes just past what was consumed before: nothing is
+        delivered twice and nothing is skipped.
+        """
+        self = cls.__new__(cls)
+        self.bus = transport.url
+        self.transport = transport
+        self.id = _keys.validate_id("session id", session_id)
+        self.context = Context()
+        self.injection = Injection({})
+        self.key = key
+        self.env = {}
+        self.args = []
+        self._follow_setup(cursor, grace, collect, poll, sleep, clock)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} on {self.bus}>"
+
+    @property
+    def url(self) -> str:
+        """The session's location: bus URL plus session id."""
+        return self.transport.describe(self.id)
+
+    def on_event(self, callback: Callable[[Event | StreamFault], None]) -> None:
+        """Call ``callback`` with every event and fault as it arrives."""
+        self._callbacks.append(callback)
+
+    def follow(
+        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+    ) -> Iterator[Event | StreamFault]:
+        """Yield events live until the session is complete.
+
+        Complete means ``done()`` is true (the launched work has exited) and every writer
+        that opened has closed. With ``done=None`` it means at least one writer opened and
+        all have closed. Writers still open once ``done()`` is true get ``grace`` seconds
+        (writers whose process is known to be gone get none), then are named in
+        ``result.incomplete`` with their last delivered message. ``self.cursor`` moves
+        past each item once the caller asks for the next one.
+        """
+        advance = self.cursor.advance
+        for batch in self._batches(done, grace):
+            for item in batch:
+                yield item
+                if type(item) is Event:
+                    advance(item)
+
+    def batches(
+        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+    ) -> Iterator[list[Event | StreamFault]]:
+        """Like :meth:`follow`, one poll's worth at a time (for callers that write in bulk)."""
+        advance = self.cursor.advance
+        for batch in self._batches(done, grace):
+            yield batch
+            for event in self._last_in_batch.values():
+                advance(event)
+
+    def _batches(
+        self, done: Callable[[], bool] | None, grace: float | None
+    ) -> Iterator[list[Event | StreamFault]]:
+        grace = self.grace if grace is None else grace
+        schedule = self._poll or PollSchedule(self.transport.capabilities.poll, 1.0)
+        reader = self.reader
+        finished_at: float | None = None
+        while True:
+            batch = reader.poll()
+            finished = done() if done is not None else bool(reader.writers) and not reader.open_writers
+            if finished and finished_at is None:
+                finished_at = self._clock()
+                # Everything that opened before the exit is visible now.
+                batch += reader.poll(discover=True)
+            if batch:
+                yield self._record_all(batch)
+                if finished_at is not None:
+                    finished_at = self._clock()  # grace counts from the last progress
+            if finished:
+                assert finished_at is not None
+                still_open = reader.open_writers
+                if not still_open:
+                    break
+                if not batch and all(self._gone(w) for w in still_open):
+                    # Their processes are gone: one last look for gaps, then stop waiting.
+                    last = reader.scan() + reader.poll(discover=True)
+                    if last:
+                        yield self._record_all(last)
+                    if not [w for w in reader.open_writers if not self._gone(w)]:
+                        break
+                if self._clock() - finished_at >= grace:
+                    last = reader.scan() + reader.poll(discover=True)
+                    if last:
+                        yield self._record_all(last)
+                    break
+            if not reader.behind:
+                self._sleep(schedule.next(bool(batch)))
+        self._finish()
+
+    def wait(self, *, done: Callable[[], bool] | None = None, grace: float | None = None) -> SessionResult:
+        """Follow the session to completion and return its result."""
+        for _ in self.follow(done=done, grace=grace):
+            pass
+        return self.result
+
+    def diagnose(self) -> str:
+        """What was injected, where the reader looked, and what it found there."""
+        lines = [
+            f"session {self.id} on {self.bus}",
+            f"injected: {SESSION_ENV} ({len(self.env.get(SESSION_ENV, ''))} chars)"
+            + "".join(f", {k} ({len(v)} chars)" for k, v in self.env.items() if k != SESSION_ENV and k != KEY_ENV)
+            + (f", args {' '.join(a.split('=')[0] + '=...' for a in self.args)}" if self.args else "")
+            + f"; context via {self.injection.source.get('via')}",
+            f"looked in: {self.transport.describe(_keys.streams_prefix(self.id))}/",
+        ]
+        try:
+            entries = self.transport.list(self.id)
+            streams = self.transport.list(_keys.streams_prefix(self.id))
+        except Exception as exc:
+            lines.append(f"could not list it: {exc}")
+        else:
+            lines.append(
+                f"found: {len(streams)} writer stream(s)"
+                + (f" ({', '.join(streams[:5])}{', ...' if len(streams) > 5 else ''})" if streams else "")
+                + f"; session entries: {', '.join(entries) or 'none'}"
+            )
+            if not streams:
+                lines.append(
+                    "hint: the command never called pipes_bus.open_worker(), or it could not "
+                    f"reach {self.bus} (check that it sees the same location and has "
+                    f"{SESSION_ENV} in its environment)."
+                )
+        if self.reader.last_error is not None:
+            lines.append(f"last store error: {self.reader.last_error}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Release the transport."""
+        self.transport.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _gone(self, writer: str) -> bool:
+        state = self.result.writers.get(writer)
+        return (
+            state is not None
+            and state.host == self._host
+            and state.pid is not None
+            and not _pid_alive(state.pid)
+        )
+
+    def _state(self, writer: str) -> WriterState:
+        state = self.result.writers.get(writer)
+        if state is None:
+            state = self.result.writers[writer] = WriterState(writer)
+        return state
+
+    def _record_all(self, batch: list[Event | StreamFault]) -> list[Event | StreamFault]:
+        # Hot path: a worker may send millions of custom messages; count them in bulk.
+        result = self.result
+        collect = self.collect
+        customs = result.custom_messages
+        callbacks = self._callbacks
+        last: dict[str, Event] = {}
+        tally: dict[str, int] = {}
+        n_custom = 0
+        for item in batch:
+            if type(item) is Event:
+                writer = item.writer
+                last[writer] = item
+                tally[writer] = tally.get(writer, 0) + 1
+                if type(item.message) is Custom:
+                    n_custom += 1
+                    if collect:
+                        customs.append(item)
+                else:
+                    self._record(item)
+            else:
+                result.faults.append(item)  # type: ignore[arg-type]
+            for callback in callbacks:
+                callback(item)
+        if n_custom:
+            result.counts["custom"] = result.counts.get("custom", 0) + n_custom
+        for writer, n in tally.items():
+            state = self._state(writer)
+            state.messages += n
+            state.last = last[writer]
+        self._last_in_batch = last
+        return batch
+
+    def _record(self, item: Event) -> None:
+        result = self.result
+        message = item.message
+        kind = type(message)
+        name = message.kind if kind is UnknownMessage else kind.__struct_config__.tag  # type: ignore[union-attr]
+        result.counts[name] = result.counts.get(name, 0) + 1
+        if kind is Log:
+            result.logs.append(item)
+        elif kind is Materialization:
+            result.materializations.append(item)
+        elif kind is Check:
+            result.checks.append(item)
+        elif kind is Progress:
+            self._state(item.writer).progress = message  # type: ignore[assignment]
+        elif kind is Output:
+            if self.collect:
+                result.outputs.append(item)
+        elif kind is Opened:
+            info = message.writer  # type: ignore[union-attr]
+            state = self._state(item.writer)
+            state.opened = True
+            state.label, state.pid, state.host = info.label, info.pid, info.host
+        elif kind is Closed:
+            state = self._state(item.writer)
+            state.closed = True
+            state.exception = message.exception  # type: ignore[union-attr]
+        elif kind is UnknownMessage:
+            result.unknown.append(item)
+
+    def _finish(self) -> None:
+        self.result.requests = self.transport.stats.snapshot()
+        if not self.result.writers:
+            self.result.diagnostics = self.diagnose()
+
+
+@contextlib.contextmanager
+def open_session(bus: str | None = None, **options: Any) -> Iterator[Session]:
+    """Open a session on ``bus`` (default: $PIPES_BUS_URL or a local directory).
+
+    Options are those of :class:`Session`: context, storage_options, injector
+    ("auto", "env", "object", "argv" or a ContextInjector), session_id, capture_output,
+    writer_settings, sign, collect, grace.
+    """
+    session = Session(bus, **options)
+    try:
+        yield session
+    finally:
+        session.close()

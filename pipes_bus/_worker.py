@@ -1,0 +1,449 @@
+"""The worker side: ``open_worker()`` and the handle it yields."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from types import FrameType
+from typing import Any
+
+from . import _keys
+from ._context import KEY_ENV, LABEL_ENV, Context, SessionParams, decode_params, load_context
+from ._errors import ConfigurationError, PipesBusError, PipesBusWarning
+from ._schema import (
+    Check,
+    Custom,
+    ExceptionInfo,
+    Log,
+    Materialization,
+    Message,
+    Opened,
+    Output,
+    Progress,
+    WriterInfo,
+    metadata_value,
+)
+from ._version import __version__
+from ._writer import ChunkWriter, WriterSettings
+from .transports import open_transport
+
+__all__ = ["Worker", "WorkerTerminated", "open_worker"]
+
+_open_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+
+
+class WorkerTerminated(BaseException):
+    """Raised in the main thread when the worker receives SIGTERM (or SIGINT/SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"received {signal.Signals(signum).name}")
+
+
+class _LogHandler(logging.Handler):
+    _STANDARD = frozenset(
+        logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(logging.DEBUG)
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {
+                k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+                for k, v in record.__dict__.items()
+                if k not in self._STANDARD
+            }
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            self._worker._emit(
+                Log(
+                    time=record.created,
+                    message=record.getMessage(),
+                    level=record.levelname.lower(),
+                    logger=record.name,
+                    fields=fields,
+                )
+            )
+        except Exception:
+            self.handleError(record)
+
+
+class Worker:
+    """A worker's handle on its session: the context, a logger, and the report methods.
+
+    Thread-safe. Every report is encoded at the call, so a bad payload raises here and
+    nothing else is affected.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: Context,
+        writer: ChunkWriter | None,
+        params: SessionParams | None,
+        label: str | None,
+    ) -> None:
+        self.context = context
+        self.params = params
+        self.label = label
+        self._writer = writer
+        self._pid = os.getpid()
+        self._inherited = False  # set in a forked child: this handle is the parent's
+        self._closed = False
+        self.writer_id = writer.writer if writer else ""
+        self.log = logging.getLogger(f"pipes_bus.worker.{self.writer_id or 'disabled'}")
+        self.log.setLevel(logging.DEBUG)
+        self._handler: _LogHandler | None = None
+        if writer is not None:
+            self._handler = _LogHandler(self)
+            self.log.addHandler(self._handler)
+        self._capture: _OutputCapture | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False for the no-op worker opened outside a session with allow_missing=True."""
+        return self._writer is not None
+
+    @property
+    def session(self) -> str:
+        """The session id ('' when disabled)."""
+        return self.params.session if self.params else ""
+
+    def _emit(self, message: Message) -> int:
+        if self._writer is None:
+            return -1
+        if self._inherited:
+            raise PipesBusError(
+                f"This worker handle belongs to process {self._pid}; call open_worker() in "
+                "this process to get its own writer stream."
+            )
+        return self._writer.write(message)
+
+    def report_materialization(
+        self,
+        asset_key: str | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        data_version: str | None = None,
+    ) -> None:
+        """Report that an asset was materialized."""
+        self._emit(
+            Materialization(
+                time=time.time(),
+                asset_key=asset_key or self.context.asset_key,
+                data_version=data_version,
+                metadata={k: metadata_value(v) for k, v in (metadata or {}).items()},
+            )
+        )
+
+    def report_check(
+        self,
+        check_name: str,
+        passed: bool,
+        *,
+        asset_key: str | None = None,
+        severity: str = "error",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Report the result of a data-quality check."""
+        if severity not in ("warn", "error"):
+            raise ConfigurationError(f"severity must be 'warn' or 'error', not {severity!r}.")
+        self._emit(
+            Check(
+                time=time.time(),
+                asset_key=asset_key or self.context.asset_key,
+                check_name=check_name,
+                passed=bool(passed),
+                severity=severity,  # type: ignore[arg-type]
+                metadata={k: metadata_value(v) for k, v in (metadata or {}).items()},
+            )
+        )
+
+    def report_progress(
+        self,
+        current: float,
+        total: float | None = None,
+        *,
+        unit: str | None = None,
+        label: str | None = None,
+    ) -> None:
+        """Report progress of long work."""
+        self._emit(Progress(time=time.time(), current=current, total=total, unit=unit, label=label))
+
+    def report_custom_message(self, payload: Any) -> None:
+        """Report any msgspec-encodable payload."""
+        self._emit(Custom(time=time.time(), payload=payload))
+
+    def flush(self) -> None:
+        """Block until everything reported so far is on the store."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self, exception: BaseException | None = None) -> None:
+        """Send ``closed`` (with ``exception``, if any) and publish everything."""
+        if self._closed:
+            return
+        self._closed = True
+        with _registry_lock:
+            _open_workers.discard(self)
+        if self._capture is not None:
+            self._capture.stop()
+        if self._handler is not None:
+            self.log.removeHandler(self._handler)
+        if self._writer is not None and not self._inherited:
+            self._writer.close(exception)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.writer_id or 'disabled'} session={self.session!r}>"
+
+
+def _writer_settings(params: SessionParams, settings: WriterSettings | None) -> WriterSettings:
+    if settings is not None:
+        return settings
+    try:
+        return WriterSettings(**params.writer)
+    except TypeError as exc:
+        raise ConfigurationError(f"The session's writer settings are invalid: {exc}") from exc
+
+
+def _default_label() -> str | None:
+    if os.environ.get(LABEL_ENV):
+        return os.environ[LABEL_ENV]
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return f"rank-{os.environ[var]}"
+    return None
+
+
+@contextlib.contextmanager
+def open_worker(
+    *,
+    label: str | None = None,
+    allow_missing: bool = False,
+    settings: WriterSettings | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Worker]:
+    """Open this process's writer stream in the session that launched it.
+
+    Yields a :class:`Worker`. On exit it sends ``closed`` (with the exception, if the
+    block raised) and publishes everything. It also closes on SIGTERM and at exit.
+    ``label`` names the writer (e.g. "rank-3"; default: $PIPES_BUS_LABEL or $RANK).
+    Outside a session it raises NotInSessionError, unless ``allow_missing=True``, in
+    which case it warns and yields a worker that reports nothing.
+    """
+    environ = os.environ if env is None else env
+    try:
+        params = decode_params(environ)
+    except PipesBusError:
+        if not allow_missing:
+            raise
+        warnings.warn(
+            "Not in a pipes_bus session: reports from this worker go nowhere.",
+            PipesBusWarning,
+            stacklevel=3,
+        )
+        yield Worker(context=Context(), writer=None, params=None, label=label)
+        return
+
+    worker = _start(params, label or _default_label(), settings, environ)
+    try:
+        yield worker
+    except WorkerTerminated as exc:
+        worker.close(exc)
+        _die_by(exc.signum)
+        raise
+    except BaseException as exc:
+        worker.close(exc)
+        raise
+    else:
+        worker.close()
+
+
+def _start(
+    params: SessionParams,
+    label: str | None,
+    settings: WriterSettings | None,
+    env: Mapping[str, str],
+) -> Worker:
+    transport = open_transport(params.bus, **params.storage_options)
+    context = load_context(params, transport, env)
+    writer_id = _keys.new_id("w", label)
+    key = None
+    if params.signed:
+        secret = env.get(KEY_ENV)
+        if not secret:
+            raise ConfigurationError(
+                f"The session signs its chunks, but {KEY_ENV} is not set in this environment."
+            )
+        key = bytes.fromhex(secret)
+    writer = ChunkWriter(transport, params.session, writer_id, _writer_settings(params, settings), key=key)
+    worker = Worker(context=context, writer=writer, params=params, label=label)
+    writer.write(
+        Opened(
+            time=time.time(),
+            writer=WriterInfo(
+                id=writer_id,
+                label=label,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                library=f"pipes_bus {__version__}",
+            ),
+        )
+    )
+    # Publish `opened` now: the orchestrator counts this writer from here on.
+    writer.flush()
+    with _registry_lock:
+        _open_workers.add(worker)
+    _install_handlers()
+    if params.capture_output:
+        worker._capture = _OutputCapture(worker)
+        worker._capture.start()
+    return worker
+
+
+# --- process lifecycle ---------------------------------------------------------------------
+
+_handlers_installed = False
+_previous_handlers: dict[int, Any] = {}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Never interrupt pipes_bus itself (a half-appended message would corrupt a chunk):
+    # re-deliver the signal a moment later, once the call has returned.
+    f = frame
+    while f is not None:
+        if str(f.f_globals.get("__name__", "")).startswith("pipes_bus."):
+            timer = threading.Timer(0.02, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        f = f.f_back
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise WorkerTerminated(signum)
+
+
+def _install_handlers() -> None:
+    global _handlers_installed
+    if _handlers_installed:
+        return
+    _handlers_installed = True
+    atexit.register(_close_all_at_exit)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT):
+        if sig is None:
+            continue
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_DFL, None) or current is signal.default_int_handler:
+            _previous_handlers[sig] = current
+            signal.signal(sig, _on_signal)
+
+
+def _die_by(signum: int) -> None:
+    """After closing cleanly, end the process the way the signal would have."""
+    with _registry_lock:
+        others = list(_open_workers)
+    for worker in others:
+        with contextlib.suppress(Exception):
+            worker.close(WorkerTerminated(signum))
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _close_all_at_exit() -> None:
+    with _registry_lock:
+        workers = list(_open_workers)
+    for worker in workers:
+        with contextlib.suppress(Exception):
+            worker.close()
+
+
+def _forget_after_fork() -> None:
+    # A forked child shares nothing with its parent's writers: it opens its own.
+    global _handlers_installed
+    for worker in list(_open_workers):
+        worker._inherited = True
+    _open_workers.clear()
+    _handlers_installed = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class _OutputCapture:
+    """Tee this process's stdout and stderr (file descriptors 1 and 2) into the bus."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._threads: list[threading.Thread] = []
+        self._saved: list[tuple[int, int]] = []
+
+    def start(self) -> None:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            stream = sys.stdout if fd == 1 else sys.stderr
+            with contextlib.suppress(Exception):
+                stream.flush()
+            original = os.dup(fd)
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self._saved.append((fd, original))
+            thread = threading.Thread(
+                target=self._pump, args=(read_end, original, name), daemon=True, name=f"pipes-bus-{name}"
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, read_end: int, original: int, name: str) -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while True:
+                data = pipe.read(65536)
+                if not data:
+                    break
+                os.write(original, data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    self._send(name, b"\n".join(lines) + b"\n")
+        if pending:
+            self._send(name, pending)
+
+    def _send(self, name: str, data: bytes) -> None:
+        with contextlib.suppress(PipesBusError):
+            self._worker._emit(
+                Output(time=time.time(), stream=name, text=data.decode("utf-8", "replace"))  # type: ignore[arg-type]
+            )
+
+    def stop(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, original in self._saved:
+            os.dup2(original, fd)  # closes our pipe's write end: the pump sees EOF
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for _, original in self._saved:
+            os.close(original)
+        self._saved.clear()
+
+
+def exception_info(exc: BaseException) -> ExceptionInfo:
+    """The structured form of ``exc`` that ``closed`` carries."""
+    return ExceptionInfo.from_exception(exc)

@@ -1,0 +1,325 @@
+"""``pipes-bus``: run a command as a worker, follow a session, list sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigurationError, PipesBusError
+from .._reader import SessionCursor
+from .._session import (
+    BUS_ENV,
+    EXIT_INCOMPLETE,
+    EXIT_UNDELIVERABLE,
+    EXIT_WORKER_FAILED,
+    Session,
+    default_bus_url,
+)
+from .._version import __version__
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_STORE = 6
+
+EXIT_CODES = f"""\
+exit status:
+  N     the command's own non-zero status (128+S if it died of signal S)
+  0     the command exited 0, every writer that opened closed cleanly, nothing was lost
+  {EXIT_USAGE}     bad arguments or configuration
+  {EXIT_WORKER_FAILED}     a writer closed with an exception
+  {EXIT_INCOMPLETE}     a writer opened but never closed (crashed, killed, or still running)
+  {EXIT_UNDELIVERABLE}     some data on the bus could not be delivered (corrupt, missing, forged)
+  {EXIT_STORE}     the bus could not be reached
+Anything other than 0 comes with a one-line reason on stderr.
+"""
+
+
+def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"--storage-option {pair!r} is not KEY=VALUE.")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
+
+
+def _context(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"--context {text}: cannot read the file: {exc}") from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--context is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigurationError("--context must be a JSON object, e.g. '{\"asset_keys\": [\"a\"]}'.")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipes-bus",
+        description="Run work anywhere and hear back from it through shared storage.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Default bus: ${BUS_ENV}, else {default_bus_url()}",
+    )
+    parser.add_argument("--version", action="version", version=f"pipes-bus {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--storage-option",
+            "-o",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an fsspec storage option (VALUE is parsed as JSON if it can be); repeatable",
+        )
+        p.add_argument("--quiet", "-q", action="store_true", help="print only problems")
+
+    run = commands.add_parser(
+        "run",
+        help="run a command as a worker and follow what it reports",
+        description="Run COMMAND under a new session and follow everything it reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES
+        + "\nexample:\n  pipes-bus run --context '{\"asset_keys\": [\"orders\"]}' -- python job.py",
+    )
+    run.add_argument("--bus", metavar="URL", help=f"bus URL (default: ${BUS_ENV} or a local directory)")
+    run.add_argument("--context", metavar="JSON|@FILE", help="the run context as JSON, or @file.json")
+    run.add_argument("--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)")
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for writers still open after the command exits (default 10)",
+    )
+    run.add_argument(
+        "--injector",
+        choices=("auto", "env", "object", "argv"),
+        default="auto",
+        help="how the context reaches the worker (default auto: env if small, else an object)",
+    )
+    run.add_argument(
+        "--capture-output",
+        action="store_true",
+        help="have the worker carry its stdout/stderr through the bus",
+    )
+    run.add_argument("--session-id", metavar="ID", help="use this session id instead of a fresh one")
+    common(run)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+    tail = commands.add_parser(
+        "tail",
+        help="follow a session from another terminal",
+        description="Follow a session until every writer has closed (Ctrl-C to stop).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="URL is the session's location: the bus URL plus the session id,\n"
+        "or just the session id on the default bus.",
+    )
+    tail.add_argument("url", metavar="URL")
+    tail.add_argument("--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)")
+    tail.add_argument(
+        "--cursor",
+        metavar="FILE",
+        help="save the position here after every batch and resume from it if it exists",
+    )
+    tail.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from --cursor FILE (default FILE: .pipes-bus-cursor-SESSION.json)",
+    )
+    tail.add_argument("--once", action="store_true", help="print what is there now and stop")
+    common(tail)
+
+    ls = commands.add_parser("ls", help="list the sessions on a bus")
+    ls.add_argument("url", nargs="?", metavar="URL", help="bus URL (default: the default bus)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per session")
+    common(ls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipes-bus`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "tail":
+            return _tail(args)
+        return _ls(args)
+    except ConfigurationError as exc:
+        print(f"pipes-bus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PipesBusError as exc:
+        print(f"pipes-bus: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    except KeyboardInterrupt:
+        print("pipes-bus: interrupted", file=sys.stderr)
+        return 130
+
+
+def _follow(session: Session, view: Any, sink: Any, done: Any, grace: float | None, cursor: Path | None) -> None:
+    for batch in session.batches(done=done, grace=grace):
+        view.batch(batch)
+        if sink is not None:
+            sink.add_batch(batch)
+            sink.flush()
+        view.tick()
+        if cursor is not None:
+            _save_cursor(cursor, session.reader.cursor())
+
+
+def _save_cursor(path: Path, cursor: SessionCursor) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(cursor.dumps())
+    os.replace(tmp, path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._events import EventSink
+    from ._view import make_view
+
+    command = list(args.argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigurationError("Give a command to run after --, e.g. pipes-bus run -- python job.py")
+    session = Session(
+        args.bus,
+        context=_context(args.context),
+        storage_options=_storage_options(args.storage_option),
+        injector=args.injector,
+        session_id=args.session_id,
+        capture_output=args.capture_output,
+        collect=False,
+        grace=args.grace,
+    )
+    view = make_view(quiet=args.quiet)
+    sink = EventSink(args.events) if args.events else None
+    view.start(f"session {session.id} on {session.bus}")
+    env = {**os.environ, **session.env}
+    try:
+        process = subprocess.Popen([*command, *session.args], env=env)
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot start {command[0]!r}: {exc}") from exc
+    previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    try:
+        _follow(session, view, sink, lambda: process.poll() is not None, None, None)
+    except KeyboardInterrupt:
+        # The worker got the same Ctrl-C from the terminal; give it time to close.
+        _follow(session, view, sink, lambda: process.poll() is not None, args.grace, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        session.result.exit_code = process.wait()
+        if sink is not None:
+            sink.close()
+        session.close()
+    result = session.result
+    view.finish(result, session.url)
+    return result.exit_status()
+
+
+def _split_session_url(url: str) -> tuple[str, str]:
+    if "/" not in url.replace("://", ""):
+        return default_bus_url(), url
+    bus, _, session = url.rstrip("/").rpartition("/")
+    return bus, session
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from ._events import EventSink
+    from ._view import make_view
+
+    bus, session_id = _split_session_url(args.url)
+    cursor_path = Path(args.cursor) if args.cursor else None
+    if args.resume and cursor_path is None:
+        cursor_path = Path(f".pipes-bus-cursor-{session_id}.json")
+    from .._keys import validate_id
+    from .._reader import SessionReader
+    from ..transports import open_transport
+
+    validate_id("session id", session_id)
+    transport = open_transport(bus, **_storage_options(args.storage_option))
+    cursor = None
+    if cursor_path is not None and cursor_path.exists():
+        cursor = SessionCursor.loads(cursor_path.read_bytes())
+    if not transport.list(session_id):
+        raise ConfigurationError(f"There is no session at {transport.describe(session_id)}.")
+    session = Session.attach(transport, session_id, cursor=cursor)
+    view = make_view(quiet=args.quiet)
+    sink = EventSink(args.events) if args.events else None
+    view.start(f"following session {session_id} on {bus}")
+    polls = [0]
+
+    def done() -> bool:
+        polls[0] += 1
+        if args.once:
+            return True
+        return bool(session.reader.writers) and not session.reader.open_writers
+
+    try:
+        _follow(session, view, sink, done, 0.0, cursor_path)
+    finally:
+        if sink is not None:
+            sink.close()
+    result = session.result
+    view.finish(result, transport.describe(session_id))
+    if args.once:
+        return EXIT_UNDELIVERABLE if result.faults else 0
+    return result.exit_status()
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from .._keys import is_id, streams_prefix
+    from ..transports import open_transport
+
+    bus = args.url or default_bus_url()
+    transport = open_transport(bus, **_storage_options(args.storage_option))
+    rows = []
+    for name in transport.list(""):
+        if not is_id(name):
+            continue
+        writers = transport.list(streams_prefix(name))
+        started = None
+        parts = name.split("-")
+        if len(parts) > 2 and parts[0] == "s":
+            try:
+                started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(parts[1], 16) / 1000))
+            except ValueError:
+                started = None
+        rows.append({"session": name, "started": started, "writers": len(writers)})
+    rows.sort(key=lambda r: (r["started"] or "", r["session"]))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    elif not rows:
+        print(f"no sessions on {bus}", file=sys.stderr)
+    else:
+        width = max(len(r["session"]) for r in rows)
+        print(f"{'SESSION':{width}}  {'STARTED':19}  WRITERS")
+        for row in rows:
+            print(f"{row['session']:{width}}  {row['started'] or '-':19}  {row['writers']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

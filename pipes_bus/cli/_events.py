@@ -1,0 +1,100 @@
+"""``--events``: every received item as one JSON object per line, flushed as it arrives."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+import msgspec
+
+from .._reader import Event, StreamFault
+from .._schema import UnknownMessage
+
+__all__ = ["EventSink"]
+
+
+def _plain(item: Event | StreamFault) -> bool:
+    return (
+        type(item) is Event
+        and type(item.message) is not UnknownMessage
+        and item.unknown_fields is None
+    )
+
+
+class EventSink:
+    """Writes events as JSON Lines: ``kind``, ``writer``, ``seq`` plus the message's fields."""
+
+    def __init__(self, target: str) -> None:
+        self._own = target != "-"
+        self._file: IO[bytes] = open(target, "ab") if self._own else sys.stdout.buffer  # noqa: SIM115
+        self._encoder = msgspec.json.Encoder()
+        self._lines: list[bytes] = []
+        self._names: dict[str, bytes] = {}
+        self.written = 0
+
+    def add(self, item: Event | StreamFault) -> None:
+        """Queue one item; :meth:`flush` writes the queue."""
+        encode = self._encoder.encode
+        if type(item) is Event:
+            message: Any = item.message
+            if type(message) is UnknownMessage:
+                body = encode({**message.data, "kind": message.kind, "unknown": True})
+            else:
+                body = encode(message)
+            head = b'{"writer":' + encode(item.writer) + b',"seq":' + str(item.seq).encode()
+            if item.unknown_fields:
+                head += b',"unknown_fields":' + encode(item.unknown_fields)
+            self._lines.append(head + (b"," + body[1:] if len(body) > 2 else b"}") + b"\n")
+        else:
+            assert isinstance(item, StreamFault)
+            self._lines.append(
+                encode(
+                    {
+                        "kind": "fault",
+                        "writer": item.writer,
+                        "seq": None,
+                        "key": item.key,
+                        "reason": item.reason,
+                        "detail": item.detail,
+                        "lost": item.lost,
+                    }
+                )
+                + b"\n"
+            )
+
+    def add_batch(self, batch: list[Event | StreamFault]) -> None:
+        """Queue a poll's worth of items; runs of plain events are encoded in bulk."""
+        i, n = 0, len(batch)
+        while i < n:
+            j = i
+            while j < n and _plain(batch[j]):
+                j += 1
+            if j == i:
+                self.add(batch[i])
+                i += 1
+                continue
+            run: list[Any] = batch[i:j]
+            body = self._encoder.encode_lines([e.message for e in run])
+            names = self._names
+            lines = []
+            for event, line in zip(run, body.split(b"\n")):
+                name = names.get(event.writer)
+                if name is None:
+                    name = names[event.writer] = self._encoder.encode(event.writer)
+                lines.append(b'{"writer":%s,"seq":%d,%s\n' % (name, event.seq, line[1:]))
+            self._lines.extend(lines)
+            i = j
+
+    def flush(self) -> None:
+        """Write and flush everything queued."""
+        if self._lines:
+            self._file.write(b"".join(self._lines))
+            self.written += len(self._lines)
+            self._lines.clear()
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush, and close the file if it is not stdout."""
+        self.flush()
+        if self._own:
+            self._file.close()
