@@ -416,15 +416,16 @@ class Session:
         that opened has closed. With ``done=None`` it means at least one writer opened and
         all have closed. Writers still open once ``done()`` is true get ``grace`` seconds
         (writers whose process is known to be gone get none), then are named in
-        ``result.incomplete`` with their last delivered message. ``self.cursor`` moves
-        past each item once the caller asks for the next one.
+        ``result.incomplete`` with their last delivered message. ``self.cursor`` includes
+        each item from the moment it is yielded: save it after handling the item, and a
+        restarted orchestrator (:meth:`attach`) neither repeats nor skips anything.
         """
         advance = self.cursor.advance
         for batch in self._batches(done, grace):
             for item in batch:
-                yield item
                 if type(item) is Event:
                     advance(item)
+                yield item
 
     def batches(
         self, *, done: Callable[[], bool] | None = None, grace: float | None = None
@@ -432,9 +433,9 @@ class Session:
         """Like :meth:`follow`, one poll's worth at a time (for callers that write in bulk)."""
         advance = self.cursor.advance
         for batch in self._batches(done, grace):
-            yield batch
             for event in self._last_in_batch.values():
                 advance(event)
+            yield batch
 
     def _batches(
         self, done: Callable[[], bool] | None, grace: float | None
@@ -584,7 +585,7 @@ class Session:
             if self.collect:
                 result.outputs.append(item)
         elif kind is Opened:
-            info = message.writer  # type: ignore[union-attr]
+            info = message.info  # type: ignore[union-attr]
             state = self._state(item.writer)
             state.opened = True
             state.label, state.pid, state.host = info.label, info.pid, info.host

@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
@@ -210,6 +210,21 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.writer_id or 'disabled'} session={self.session!r}>"
 
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.close()
+        elif isinstance(exc, WorkerTerminated):
+            self.close(exc)
+            _die_by(exc.signum)
+        elif isinstance(exc, SystemExit):
+            # sys.exit(0) inside the block is a clean finish; any other code is a failure.
+            self.close(None if exc.code in (0, None) else exc)
+        else:
+            self.close(exc)
+
 
 def _writer_settings(params: SessionParams, settings: WriterSettings | None) -> WriterSettings:
     if settings is not None:
@@ -229,21 +244,21 @@ def _default_label() -> str | None:
     return None
 
 
-@contextlib.contextmanager
 def open_worker(
     *,
     label: str | None = None,
     allow_missing: bool = False,
     settings: WriterSettings | None = None,
     env: Mapping[str, str] | None = None,
-) -> Iterator[Worker]:
+) -> Worker:
     """Open this process's writer stream in the session that launched it.
 
-    Yields a :class:`Worker`. On exit it sends ``closed`` (with the exception, if the
-    block raised) and publishes everything. It also closes on SIGTERM and at exit.
-    ``label`` names the writer (e.g. "rank-3"; default: $PIPES_BUS_LABEL or $RANK).
-    Outside a session it raises NotInSessionError, unless ``allow_missing=True``, in
-    which case it warns and yields a worker that reports nothing.
+    Returns a :class:`Worker`; use it as a context manager (``with open_worker() as w``)
+    so that leaving the block sends ``closed``, with the exception if the block raised.
+    A worker that is never closed explicitly is closed at interpreter exit, and on SIGTERM.
+    ``label`` names the writer (e.g. "rank 3"; default: $PIPES_BUS_LABEL, else rank-$RANK).
+    Outside a session it raises NotInSessionError, unless ``allow_missing=True``: then it
+    warns and returns a worker that reports nothing.
     """
     environ = os.environ if env is None else env
     try:
@@ -254,23 +269,10 @@ def open_worker(
         warnings.warn(
             "Not in a pipes_bus session: reports from this worker go nowhere.",
             PipesBusWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
-        yield Worker(context=Context(), writer=None, params=None, label=label)
-        return
-
-    worker = _start(params, label or _default_label(), settings, environ)
-    try:
-        yield worker
-    except WorkerTerminated as exc:
-        worker.close(exc)
-        _die_by(exc.signum)
-        raise
-    except BaseException as exc:
-        worker.close(exc)
-        raise
-    else:
-        worker.close()
+        return Worker(context=Context(), writer=None, params=None, label=label)
+    return _start(params, label or _default_label(), settings, environ)
 
 
 def _start(
@@ -295,7 +297,7 @@ def _start(
     writer.write(
         Opened(
             time=time.time(),
-            writer=WriterInfo(
+            info=WriterInfo(
                 id=writer_id,
                 label=label,
                 pid=os.getpid(),

@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipesBusError as exc:
         print(f"pipes-bus: {exc}", file=sys.stderr)
         return EXIT_STORE
+    except OSError as exc:
+        print(f"pipes-bus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("pipes-bus: interrupted", file=sys.stderr)
         return 130
@@ -185,7 +188,7 @@ def _follow(session: Session, view: Any, sink: Any, done: Any, grace: float | No
             sink.flush()
         view.tick()
         if cursor is not None:
-            _save_cursor(cursor, session.reader.cursor())
+            _save_cursor(cursor, session.cursor)
 
 
 def _save_cursor(path: Path, cursor: SessionCursor) -> None:
@@ -215,12 +218,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events) if args.events else None
-    view.start(f"session {session.id} on {session.bus}")
     env = {**os.environ, **session.env}
     try:
         process = subprocess.Popen([*command, *session.args], env=env)
     except OSError as exc:
         raise ConfigurationError(f"Cannot start {command[0]!r}: {exc}") from exc
+    view.start(f"session {session.id} on {session.bus}")
     previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
         _follow(session, view, sink, lambda: process.poll() is not None, None, None)

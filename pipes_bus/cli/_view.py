@@ -108,7 +108,7 @@ class PlainView:
             self.line(f"[{who}] unknown message kind {getattr(message, 'kind', '?')!r}", "yellow")
 
     def _opened(self, item: Event) -> None:
-        info = item.message.writer  # type: ignore[union-attr]
+        info = item.message.info  # type: ignore[union-attr]
         self.labels[item.writer] = info.label or (f"pid {info.pid}" if info.pid else item.writer)
         if not self.quiet:
             self.line(f"[{self.who(item.writer)}] opened ({item.writer})", "dim")

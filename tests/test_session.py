@@ -1,0 +1,194 @@
+"""The orchestrator session: completion rules, results, callbacks, diagnostics, reattach."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipes_bus import ChunkWriter, Custom, Event, Opened, StreamFault, WriterInfo
+from pipes_bus.orchestrator import Session
+from pipes_bus.transports import open_transport
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += 1
+        self.now += seconds
+
+
+def _session(bus: str, fake: FakeTime, **options: object) -> Session:
+    return Session(bus, sleep=fake.sleep, clock=fake.clock, **options)  # type: ignore[arg-type]
+
+
+def _writer(session: Session, name: str, pid: int | None = None, host: str | None = None) -> ChunkWriter:
+    writer = ChunkWriter(session.transport, session.id, name)
+    writer.write(Opened(info=WriterInfo(id=name, pid=pid, host=host)))
+    return writer
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> str:
+    return str(tmp_path / "bus")
+
+
+class TestCompletion:
+    def test_finishes_as_soon_as_every_writer_has_closed(self, bus: str) -> None:
+        """With the work done and all writers closed, the session ends without waiting out grace."""
+        fake = FakeTime()
+        session = _session(bus, fake, grace=1000.0)
+        writer = _writer(session, "w1")
+        writer.write(Custom(payload=1))
+        writer.close()
+        result = session.wait(done=lambda: True)
+        assert result.ok
+        assert fake.now < 1.0
+        assert [e.message.payload for e in result.custom_messages] == [1]  # type: ignore[union-attr]
+
+    def test_a_straggler_gets_grace_then_is_named_with_its_last_message(self, bus: str) -> None:
+        """A writer that never closes is waited for `grace` seconds, then reported incomplete."""
+        fake = FakeTime()
+        session = _session(bus, fake, grace=30.0)
+        closed = _writer(session, "done")
+        closed.close()
+        straggler = _writer(session, "late")
+        for i in range(3):
+            straggler.write(Custom(payload=i))
+        straggler.flush()
+        result = session.wait(done=lambda: True)
+        assert 30.0 <= fake.now < 32.0
+        [incomplete] = result.incomplete
+        assert incomplete.id == "late"
+        assert incomplete.last is not None and incomplete.last.seq == 3
+        assert result.problems() == ["writer late never closed; its last delivered message was #3 (custom)"]
+        assert result.exit_status() == 4
+
+    def test_a_writer_that_closes_during_grace_completes_the_session(self, bus: str) -> None:
+        """A straggler that closes within the grace period makes the session complete and ok."""
+        fake = FakeTime()
+        session = _session(bus, fake, grace=30.0)
+        late = _writer(session, "late")
+        late.flush()
+        seen: list[int] = []
+
+        def done() -> bool:
+            seen.append(1)
+            if len(seen) == 3:
+                late.close()
+            return True
+
+        result = session.wait(done=done)
+        assert result.ok
+        assert fake.now < 30.0
+
+    def test_writers_of_dead_local_processes_are_not_waited_for(self, bus: str) -> None:
+        """A writer whose process on this host is gone is reported at once, not after grace."""
+        import socket
+        import subprocess
+        import sys
+
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        fake = FakeTime()
+        session = _session(bus, fake, grace=1000.0)
+        writer = _writer(session, "dead", pid=int(gone.stdout), host=socket.gethostname())
+        writer.flush()
+        result = session.wait(done=lambda: True)
+        assert [w.id for w in result.incomplete] == ["dead"]
+        assert fake.now < 1000.0
+
+    def test_without_done_it_ends_when_all_writers_closed(self, bus: str) -> None:
+        """With no process to watch, the session ends once at least one writer opened and all closed."""
+        fake = FakeTime()
+        session = _session(bus, fake)
+        w = _writer(session, "w")
+        w.close()
+        assert session.wait().ok
+
+
+class TestResult:
+    def test_callbacks_see_every_item_in_order(self, bus: str) -> None:
+        """on_event callbacks receive each event and fault, in delivery order."""
+        fake = FakeTime()
+        session = _session(bus, fake)
+        seen: list[Event | StreamFault] = []
+        session.on_event(seen.append)
+        writer = _writer(session, "w")
+        for i in range(10):
+            writer.write(Custom(payload=i))
+        writer.close()
+        items = list(session.follow(done=lambda: True))
+        assert seen == items
+        assert [i.seq for i in items if isinstance(i, Event)] == list(range(12))
+
+    def test_faults_make_the_session_fail_with_a_reason(self, bus: str) -> None:
+        """An undeliverable object in a stream is a fault, exit status 5, with the key named."""
+        fake = FakeTime()
+        session = _session(bus, fake)
+        writer = _writer(session, "w")
+        writer.close()
+        session.transport.put_if_absent(f"{session.id}/streams/w2/00000000000000000000", b"garbage")
+        result = session.wait(done=lambda: True, grace=0)
+        assert [f.reason for f in result.faults] == ["foreign"]
+        assert result.exit_status() == 5
+        assert "w2/00000000000000000000" in (result.reason() or "")
+
+    def test_diagnostics_say_where_the_reader_looked(self, bus: str) -> None:
+        """When no writer ever opens, the result explains what was injected and what was found."""
+        fake = FakeTime()
+        session = _session(bus, fake)
+        result = session.wait(done=lambda: True)
+        assert result.writers == {}
+        assert f"looked in: {bus}/{session.id}/streams/" in result.diagnostics
+        assert "PIPES_BUS_SESSION" in result.diagnostics
+        assert "never called pipes_bus.open_worker()" in result.diagnostics
+
+
+class TestReattach:
+    def test_a_new_orchestrator_resumes_from_the_cursor(self, bus: str) -> None:
+        """Attaching with a saved cursor delivers the rest: no duplicates, no loss."""
+        fake = FakeTime()
+        first = _session(bus, fake)
+        writer = _writer(first, "w")
+        for i in range(100):
+            writer.write(Custom(payload=i))
+        writer.flush()
+        consumed = []
+        for item in first.follow(done=lambda: True, grace=0):
+            consumed.append(item)
+            if len(consumed) == 40:
+                break
+        saved = first.cursor.dumps()
+        for i in range(100, 150):
+            writer.write(Custom(payload=i))
+        writer.close()
+        from pipes_bus import SessionCursor
+
+        second = Session.attach(open_transport(bus), first.id, cursor=SessionCursor.loads(saved), sleep=fake.sleep, clock=fake.clock)
+        rest = list(second.follow())
+        seqs = [e.seq for e in consumed + rest if isinstance(e, Event)]
+        assert seqs == list(range(152))
+
+
+class TestBusUrl:
+    def test_default_bus_is_a_local_directory_under_the_cache(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Without a URL or $PIPES_BUS_URL, sessions live in $XDG_CACHE_HOME/pipes-bus/bus."""
+        monkeypatch.delenv("PIPES_BUS_URL", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        session = Session()
+        assert session.bus == str(tmp_path / "pipes-bus" / "bus")
+
+    def test_pipes_bus_url_overrides_the_default(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """$PIPES_BUS_URL picks the bus when no URL is given."""
+        url = f"memory://env-{uuid.uuid4().hex}"
+        monkeypatch.setenv("PIPES_BUS_URL", url)
+        assert Session().bus == url
