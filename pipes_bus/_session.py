@@ -202,7 +202,9 @@ class WriterState:
         if self.last is None:
             return "nothing was delivered"
         message = self.last.message
-        kind = message.kind if isinstance(message, UnknownMessage) else type(message).__name__.lower()
+        kind = (
+            message.kind if isinstance(message, UnknownMessage) else type(message).__name__.lower()
+        )
         return f"its last delivered message was #{self.last.seq} ({kind})"
 
 
@@ -446,7 +448,9 @@ class Session:
         finished_at: float | None = None
         while True:
             batch = reader.poll()
-            finished = done() if done is not None else bool(reader.writers) and not reader.open_writers
+            finished = (
+                done() if done is not None else bool(reader.writers) and not reader.open_writers
+            )
             if finished and finished_at is None:
                 finished_at = self._clock()
                 # Everything that opened before the exit is visible now.
@@ -476,7 +480,9 @@ class Session:
                 self._sleep(schedule.next(bool(batch)))
         self._finish()
 
-    def wait(self, *, done: Callable[[], bool] | None = None, grace: float | None = None) -> SessionResult:
+    def wait(
+        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+    ) -> SessionResult:
         """Follow the session to completion and return its result."""
         for _ in self.follow(done=done, grace=grace):
             pass
@@ -487,8 +493,16 @@ class Session:
         lines = [
             f"session {self.id} on {self.bus}",
             f"injected: {SESSION_ENV} ({len(self.env.get(SESSION_ENV, ''))} chars)"
-            + "".join(f", {k} ({len(v)} chars)" for k, v in self.env.items() if k != SESSION_ENV and k != KEY_ENV)
-            + (f", args {' '.join(a.split('=')[0] + '=...' for a in self.args)}" if self.args else "")
+            + "".join(
+                f", {k} ({len(v)} chars)"
+                for k, v in self.env.items()
+                if k != SESSION_ENV and k != KEY_ENV
+            )
+            + (
+                f", args {' '.join(a.split('=')[0] + '=...' for a in self.args)}"
+                if self.args
+                else ""
+            )
             + f"; context via {self.injection.source.get('via')}",
             f"looked in: {self.transport.describe(_keys.streams_prefix(self.id))}/",
         ]
@@ -500,7 +514,11 @@ class Session:
         else:
             lines.append(
                 f"found: {len(streams)} writer stream(s)"
-                + (f" ({', '.join(streams[:5])}{', ...' if len(streams) > 5 else ''})" if streams else "")
+                + (
+                    f" ({', '.join(streams[:5])}{', ...' if len(streams) > 5 else ''})"
+                    if streams
+                    else ""
+                )
                 + f"; session entries: {', '.join(entries) or 'none'}"
             )
             if not streams:
@@ -571,7 +589,7 @@ class Session:
         result = self.result
         message = item.message
         kind = type(message)
-        name = message.kind if kind is UnknownMessage else kind.__struct_config__.tag  # type: ignore[union-attr]
+        name = str(message.kind if kind is UnknownMessage else kind.__struct_config__.tag)  # type: ignore[union-attr]
         result.counts[name] = result.counts.get(name, 0) + 1
         if kind is Log:
             result.logs.append(item)

@@ -213,7 +213,9 @@ class Worker:
     def __enter__(self) -> Worker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         if exc is None:
             self.close()
         elif isinstance(exc, WorkerTerminated):
@@ -292,7 +294,9 @@ def _start(
                 f"The session signs its chunks, but {KEY_ENV} is not set in this environment."
             )
         key = bytes.fromhex(secret)
-    writer = ChunkWriter(transport, params.session, writer_id, _writer_settings(params, settings), key=key)
+    writer = ChunkWriter(
+        transport, params.session, writer_id, _writer_settings(params, settings), key=key
+    )
     worker = Worker(context=context, writer=writer, params=params, label=label)
     writer.write(
         Opened(
@@ -407,7 +411,10 @@ class _OutputCapture:
             os.close(write_end)
             self._saved.append((fd, original))
             thread = threading.Thread(
-                target=self._pump, args=(read_end, original, name), daemon=True, name=f"pipes-bus-{name}"
+                target=self._pump,
+                args=(read_end, original, name),
+                daemon=True,
+                name=f"pipes-bus-{name}",
             )
             thread.start()
             self._threads.append(thread)

@@ -44,11 +44,13 @@ class TestOutsideASession:
     def test_allow_missing_warns_and_reports_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """allow_missing=True yields a disabled worker, with a warning, whose reports do nothing."""
         monkeypatch.delenv("PIPES_BUS_SESSION", raising=False)
-        with pytest.warns(PipesBusWarning, match="Not in a pipes_bus session"):
-            with pipes_bus.open_worker(allow_missing=True) as worker:
-                worker.report_custom_message({"a": 1})
-                worker.log.info("nowhere")
-                worker.flush()
+        with (
+            pytest.warns(PipesBusWarning, match="Not in a pipes_bus session"),
+            pipes_bus.open_worker(allow_missing=True) as worker,
+        ):
+            worker.report_custom_message({"a": 1})
+            worker.log.info("nowhere")
+            worker.flush()
         assert worker.enabled is False
 
 
@@ -60,7 +62,9 @@ class TestReports:
             assert worker.context.extras == {"x": 1}
             assert worker.context.run_id == session.id
             worker.log.info("rows=%d", 5, extra={"table": "orders"})
-            worker.report_materialization(metadata={"rows": 5, "ok": True, "note": "n"}, data_version="v1")
+            worker.report_materialization(
+                metadata={"rows": 5, "ok": True, "note": "n"}, data_version="v1"
+            )
             worker.report_check("not_empty", True, metadata={"rows": 5})
             worker.report_progress(3, 10, unit="files", label="copy")
             worker.report_custom_message({"k": [1, 2]})
@@ -77,10 +81,15 @@ class TestReports:
         assert mat.metadata == {"rows": IntValue(5), "ok": BoolValue(True), "note": TextValue("n")}  # type: ignore[union-attr]
         [check] = [e.message for e in result.checks]
         assert (check.check_name, check.passed, check.severity) == ("not_empty", True, "error")  # type: ignore[union-attr]
-        assert writer.progress is not None and (writer.progress.current, writer.progress.total) == (3, 10)
+        assert writer.progress is not None and (writer.progress.current, writer.progress.total) == (
+            3,
+            10,
+        )
         assert payloads(result) == [{"k": [1, 2]}]
 
-    def test_an_unencodable_payload_fails_at_the_call_and_nothing_else(self, session: Session) -> None:
+    def test_an_unencodable_payload_fails_at_the_call_and_nothing_else(
+        self, session: Session
+    ) -> None:
         """A payload msgspec cannot encode raises EncodeError; the messages around it arrive."""
         with pipes_bus.open_worker() as worker:
             worker.report_custom_message(1)
@@ -134,7 +143,11 @@ class TestReports:
         result = session.wait()
         assert sorted(w.label or "" for w in result.writers.values()) == ["a", "b"]
         for label in ("a", "b"):
-            mine = [e.message.payload for e in result.custom_messages if result.writers[e.writer].label == label]  # type: ignore[union-attr]
+            mine = [
+                e.message.payload
+                for e in result.custom_messages
+                if result.writers[e.writer].label == label
+            ]  # type: ignore[union-attr]
             assert mine == [[label, i] for i in range(100)]
 
 
@@ -185,7 +198,11 @@ class TestProcesses:
         assert labels == ["child", "parent", "rank 0", "rank 1", "rank 2", "rank 3"]
         by_label = {w.label: w.id for w in result.writers.values()}
         for rank in range(4):
-            got = [e.message.payload for e in result.custom_messages if e.writer == by_label[f"rank {rank}"]]  # type: ignore[union-attr]
+            got = [
+                e.message.payload
+                for e in result.custom_messages
+                if e.writer == by_label[f"rank {rank}"]
+            ]  # type: ignore[union-attr]
             assert got == [[rank, i] for i in range(200)]
         assert result.counts["custom"] == 4 * 200 + 2
 
@@ -233,7 +250,9 @@ class TestProcesses:
             process.send_signal(signal.SIGTERM)
 
         result = pipes_bus.run_subprocess(
-            [sys.executable, str(script)], bus=str(tmp_path / "bus"), on_start=terminate_when_started
+            [sys.executable, str(script)],
+            bus=str(tmp_path / "bus"),
+            on_start=terminate_when_started,
         )
         assert result.exit_code == -signal.SIGTERM
         assert payloads(result) == list(range(10))
@@ -260,7 +279,10 @@ class TestProcesses:
         [writer] = result.incomplete
         assert writer.last is not None and writer.last.seq == 50
         assert "never closed" in (result.reason() or "") or result.exit_status() == 128 + 9
-        assert any("never closed; its last delivered message was #50 (custom)" in p for p in result.problems())
+        assert any(
+            "never closed; its last delivered message was #50 (custom)" in p
+            for p in result.problems()
+        )
 
     def test_a_writer_left_open_is_closed_at_interpreter_exit(self, tmp_path: Path) -> None:
         """A worker never exited explicitly is flushed and closed by the atexit hook."""
@@ -299,7 +321,9 @@ class TestLightImport:
     def test_import_loads_no_orchestrator_cli_or_cloud_sdk(self) -> None:
         """`import pipes_bus` pulls in no orchestrator or CLI code, no rich, no cloud SDK."""
         code = "import sys, pipes_bus; print('\\n'.join(sorted(sys.modules)))"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         loaded = set(out.stdout.split())
         forbidden = {
             "pipes_bus.orchestrator",
@@ -332,7 +356,11 @@ class TestLightImport:
             "('fsspec','rich','boto3','botocore','s3fs','gcsfs','adlfs','azure','google')))\n"
         )
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, **s.env}
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **s.env},
         )
         assert out.stdout.strip() == ""
         assert payloads(s.wait()) == [1]

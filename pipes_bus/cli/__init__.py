@@ -69,7 +69,7 @@ def _context(text: str | None) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigurationError(f"--context is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise ConfigurationError("--context must be a JSON object, e.g. '{\"asset_keys\": [\"a\"]}'.")
+        raise ConfigurationError('--context must be a JSON object, e.g. \'{"asset_keys": ["a"]}\'.')
     return value
 
 
@@ -100,11 +100,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Run COMMAND under a new session and follow everything it reports.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXIT_CODES
-        + "\nexample:\n  pipes-bus run --context '{\"asset_keys\": [\"orders\"]}' -- python job.py",
+        + '\nexample:\n  pipes-bus run --context \'{"asset_keys": ["orders"]}\' -- python job.py',
     )
-    run.add_argument("--bus", metavar="URL", help=f"bus URL (default: ${BUS_ENV} or a local directory)")
-    run.add_argument("--context", metavar="JSON|@FILE", help="the run context as JSON, or @file.json")
-    run.add_argument("--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)")
+    run.add_argument(
+        "--bus", metavar="URL", help=f"bus URL (default: ${BUS_ENV} or a local directory)"
+    )
+    run.add_argument(
+        "--context", metavar="JSON|@FILE", help="the run context as JSON, or @file.json"
+    )
+    run.add_argument(
+        "--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)"
+    )
     run.add_argument(
         "--grace",
         type=float,
@@ -123,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="have the worker carry its stdout/stderr through the bus",
     )
-    run.add_argument("--session-id", metavar="ID", help="use this session id instead of a fresh one")
+    run.add_argument(
+        "--session-id", metavar="ID", help="use this session id instead of a fresh one"
+    )
     common(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
@@ -136,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
         "or just the session id on the default bus.",
     )
     tail.add_argument("url", metavar="URL")
-    tail.add_argument("--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)")
+    tail.add_argument(
+        "--events", metavar="PATH|-", help="append every event as a JSON line (- is stdout)"
+    )
     tail.add_argument(
         "--cursor",
         metavar="FILE",
@@ -180,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _follow(session: Session, view: Any, sink: Any, done: Any, grace: float | None, cursor: Path | None) -> None:
+def _follow(
+    session: Session, view: Any, sink: Any, done: Any, grace: float | None, cursor: Path | None
+) -> None:
     for batch in session.batches(done=done, grace=grace):
         view.batch(batch)
         if sink is not None:
@@ -205,7 +217,9 @@ def _run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise ConfigurationError("Give a command to run after --, e.g. pipes-bus run -- python job.py")
+        raise ConfigurationError(
+            "Give a command to run after --, e.g. pipes-bus run -- python job.py"
+        )
     session = Session(
         args.bus,
         context=_context(args.context),
@@ -257,7 +271,6 @@ def _tail(args: argparse.Namespace) -> int:
     if args.resume and cursor_path is None:
         cursor_path = Path(f".pipes-bus-cursor-{session_id}.json")
     from .._keys import validate_id
-    from .._reader import SessionReader
     from ..transports import open_transport
 
     validate_id("session id", session_id)
@@ -297,7 +310,7 @@ def _ls(args: argparse.Namespace) -> int:
 
     bus = args.url or default_bus_url()
     transport = open_transport(bus, **_storage_options(args.storage_option))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in transport.list(""):
         if not is_id(name):
             continue
@@ -306,7 +319,9 @@ def _ls(args: argparse.Namespace) -> int:
         parts = name.split("-")
         if len(parts) > 2 and parts[0] == "s":
             try:
-                started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(parts[1], 16) / 1000))
+                started = time.strftime(
+                    "%Y-%m-%d %H:%M:%S", time.localtime(int(parts[1], 16) / 1000)
+                )
             except ValueError:
                 started = None
         rows.append({"session": name, "started": started, "writers": len(writers)})

@@ -77,7 +77,7 @@ class EventSink:
             body = self._encoder.encode_lines([e.message for e in run])
             names = self._names
             lines = []
-            for event, line in zip(run, body.split(b"\n")):
+            for event, line in zip(run, body.split(b"\n")[:-1], strict=True):
                 name = names.get(event.writer)
                 if name is None:
                     name = names[event.writer] = self._encoder.encode(event.writer)

@@ -16,7 +16,13 @@ from .._session import SessionResult
 
 __all__ = ["make_view"]
 
-_LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "red", "critical": "bold red"}
+_LEVEL_STYLE = {
+    "debug": "dim",
+    "info": "",
+    "warning": "yellow",
+    "error": "red",
+    "critical": "bold red",
+}
 
 
 def _metadata_text(metadata: dict[str, Any]) -> str:
@@ -75,11 +81,18 @@ class PlainView:
         who = self.who(item.writer)
         if kind is Log:
             assert isinstance(message, Log)
-            self.line(f"[{who}] {message.level.upper():7} {message.message}", _LEVEL_STYLE.get(message.level, ""))
+            self.line(
+                f"[{who}] {message.level.upper():7} {message.message}",
+                _LEVEL_STYLE.get(message.level, ""),
+            )
         elif kind is Materialization:
             assert isinstance(message, Materialization)
             version = f" version={message.data_version}" if message.data_version else ""
-            self.line(f"[{who}] materialized {message.asset_key}{version}{_metadata_text(message.metadata)}", "green")
+            metadata = _metadata_text(message.metadata)
+            self.line(
+                f"[{who}] materialized {message.asset_key}{version}{metadata}",
+                "green",
+            )
         elif kind is Check:
             assert isinstance(message, Check)
             verdict = "passed" if message.passed else f"FAILED ({message.severity})"
@@ -159,7 +172,13 @@ class RichView(PlainView):
     def __init__(self, quiet: bool = False) -> None:
         super().__init__(quiet)
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = Console(stderr=True, highlight=False)
         self.bars = Progress(
