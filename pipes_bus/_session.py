@@ -8,7 +8,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +48,7 @@ __all__ = [
     "ContextInjector",
     "EnvContextInjector",
     "Injection",
+    "MessageSource",
     "ObjectContextInjector",
     "Session",
     "SessionResult",
@@ -281,6 +282,35 @@ class SessionResult:
 # --- session --------------------------------------------------------------------------------
 
 
+class MessageSource:
+    """Another place a session hears from, beside its own streams (e.g. Dagster Pipes).
+
+    A source adds variables to the launch environment, and turns whatever its workers
+    write into :class:`Event` and :class:`StreamFault` items with writer ids of its own.
+    """
+
+    def env(self) -> dict[str, str]:
+        """Variables to add to the worker's environment."""
+        return {}
+
+    def poll(self, *, final: bool = False) -> list[Event | StreamFault]:
+        """Everything available now. ``final`` is set on the passes after the work exited."""
+        raise NotImplementedError
+
+    @property
+    def writers(self) -> list[str]:
+        """Every writer this source has seen."""
+        return []
+
+    @property
+    def open_writers(self) -> list[str]:
+        """Writers this source has seen open but not close."""
+        return []
+
+    def close(self) -> None:
+        """Release resources."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -314,6 +344,7 @@ class Session:
         grace: float = 10.0,
         poll: PollSchedule | None = None,
         transport: Transport | None = None,
+        sources: Sequence[MessageSource] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -342,6 +373,9 @@ class Session:
         self.env: dict[str, str] = {SESSION_ENV: encode_params(params), **self.injection.env}
         if self.key is not None:
             self.env[KEY_ENV] = self.key.hex()
+        self.sources: list[MessageSource] = list(sources)
+        for source in self.sources:
+            self.env.update(source.env())
         self.args: list[str] = list(self.injection.args)
         self._follow_setup(None, grace, collect, poll, sleep, clock)
 
@@ -394,6 +428,7 @@ class Session:
         self.key = key
         self.env = {}
         self.args = []
+        self.sources = []
         self._follow_setup(cursor, grace, collect, poll, sleep, clock)
         return self
 
@@ -444,39 +479,36 @@ class Session:
     ) -> Iterator[list[Event | StreamFault]]:
         grace = self.grace if grace is None else grace
         schedule = self._poll or PollSchedule(self.transport.capabilities.poll, 1.0)
-        reader = self.reader
         finished_at: float | None = None
         while True:
-            batch = reader.poll()
-            finished = (
-                done() if done is not None else bool(reader.writers) and not reader.open_writers
-            )
+            batch = self._poll_all()
+            finished = done() if done is not None else bool(self._writers()) and not self._open()
             if finished and finished_at is None:
                 finished_at = self._clock()
                 # Everything that opened before the exit is visible now.
-                batch += reader.poll(discover=True)
+                batch += self._poll_all(discover=True)
             if batch:
                 yield self._record_all(batch)
                 if finished_at is not None:
                     finished_at = self._clock()  # grace counts from the last progress
             if finished:
                 assert finished_at is not None
-                still_open = reader.open_writers
+                still_open = self._open()
                 if not still_open:
                     break
                 if not batch and all(self._gone(w) for w in still_open):
                     # Their processes are gone: one last look for gaps, then stop waiting.
-                    last = reader.scan() + reader.poll(discover=True)
+                    last = self._scan_all()
                     if last:
                         yield self._record_all(last)
-                    if not [w for w in reader.open_writers if not self._gone(w)]:
+                    if not [w for w in self._open() if not self._gone(w)]:
                         break
                 if self._clock() - finished_at >= grace:
-                    last = reader.scan() + reader.poll(discover=True)
+                    last = self._scan_all()
                     if last:
                         yield self._record_all(last)
                     break
-            if not reader.behind:
+            if not self.reader.behind:
                 self._sleep(schedule.next(bool(batch)))
         self._finish()
 
@@ -532,10 +564,27 @@ class Session:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Release the transport."""
+        """Release the transport and any extra sources."""
+        for source in self.sources:
+            source.close()
         self.transport.close()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _poll_all(self, *, discover: bool | None = None) -> list[Event | StreamFault]:
+        batch = self.reader.poll(discover=discover)
+        for source in self.sources:
+            batch += source.poll(final=bool(discover))
+        return batch
+
+    def _scan_all(self) -> list[Event | StreamFault]:
+        return self.reader.scan() + self._poll_all(discover=True)
+
+    def _writers(self) -> list[str]:
+        return self.reader.writers + [w for s in self.sources for w in s.writers]
+
+    def _open(self) -> list[str]:
+        return self.reader.open_writers + [w for s in self.sources for w in s.open_writers]
 
     def _gone(self, writer: str) -> bool:
         state = self.result.writers.get(writer)
