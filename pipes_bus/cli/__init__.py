@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--session-id", metavar="ID", help="use this session id instead of a fresh one"
     )
+    run.add_argument(
+        "--cursor",
+        metavar="FILE",
+        help="save the position here after every batch, so `tail --cursor FILE` can take over",
+    )
     common(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
@@ -150,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--cursor",
         metavar="FILE",
-        help="save the position here after every batch and resume from it if it exists",
+        help="save the position here after every batch and resume from it if it exists; "
+        "events already in --events FILE are not written again",
     )
     tail.add_argument(
         "--resume",
@@ -232,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events) if args.events else None
+    cursor = Path(args.cursor) if args.cursor else None
     env = {**os.environ, **session.env}
     try:
         process = subprocess.Popen([*command, *session.args], env=env)
@@ -240,10 +247,10 @@ def _run(args: argparse.Namespace) -> int:
     view.start(f"session {session.id} on {session.bus}")
     previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
-        _follow(session, view, sink, lambda: process.poll() is not None, None, None)
+        _follow(session, view, sink, lambda: process.poll() is not None, None, cursor)
     except KeyboardInterrupt:
         # The worker got the same Ctrl-C from the terminal; give it time to close.
-        _follow(session, view, sink, lambda: process.poll() is not None, args.grace, None)
+        _follow(session, view, sink, lambda: process.poll() is not None, args.grace, cursor)
     finally:
         signal.signal(signal.SIGTERM, previous)
         session.result.exit_code = process.wait()
@@ -282,7 +289,7 @@ def _tail(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"There is no session at {transport.describe(session_id)}.")
     session = Session.attach(transport, session_id, cursor=cursor)
     view = make_view(quiet=args.quiet)
-    sink = EventSink(args.events) if args.events else None
+    sink = EventSink(args.events, resume=cursor_path is not None) if args.events else None
     view.start(f"following session {session_id} on {bus}")
     polls = [0]
 

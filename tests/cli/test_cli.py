@@ -14,7 +14,9 @@ import pytest
 HELLO = Path(__file__).parents[2] / "docs" / "examples" / "hello.py"
 
 
-def pipes_bus(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+def pipes_bus(
+    *args: str, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "pipes_bus", *args],
@@ -42,29 +44,48 @@ def events(path: Path) -> list[dict[str, Any]]:
 
 
 class TestRun:
-    def test_the_example_runs_and_every_event_is_a_json_line(self, tmp_path: Path, bus: str) -> None:
+    def test_the_example_runs_and_every_event_is_a_json_line(
+        self, tmp_path: Path, bus: str
+    ) -> None:
         """`run` exits 0 and --events holds one JSON object per message with kind, writer, seq."""
         out = tmp_path / "events.jsonl"
-        proc = pipes_bus("run", "--bus", bus, "--events", str(out), "--", sys.executable, str(HELLO))
+        proc = pipes_bus(
+            "run", "--bus", bus, "--events", str(out), "--", sys.executable, str(HELLO)
+        )
         assert proc.returncode == 0, proc.stderr
         lines = events(out)
         assert [line["kind"] for line in lines] == (
-            ["opened", "log"] + ["progress", "custom"] * 5 + ["materialization", "check", "log", "closed"]
+            ["opened", "log"]
+            + ["progress", "custom"] * 5
+            + ["materialization", "check", "log", "closed"]
         )
         assert [line["seq"] for line in lines] == list(range(16))
         assert len({line["writer"] for line in lines}) == 1
-        assert [line["payload"]["step"] for line in lines if line["kind"] == "custom"] == [1, 2, 3, 4, 5]
+        assert [line["payload"]["step"] for line in lines if line["kind"] == "custom"] == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
         assert lines[0]["info"]["pid"] > 0
         assert "materialized examples/hello rows=5000" in proc.stderr
         assert "check examples/hello:row_count_positive passed" in proc.stderr
 
     def test_events_dash_streams_to_stdout(self, tmp_path: Path, bus: str) -> None:
         """--events - writes the JSON lines to stdout and keeps the human view on stderr."""
-        script = worker(tmp_path, "import pipes_bus\nwith pipes_bus.open_worker() as w: w.report_custom_message([1, 'a'])\n")
+        script = worker(
+            tmp_path,
+            "import pipes_bus\nwith pipes_bus.open_worker() as w: w.report_custom_message([1, 'a'])\n",
+        )
         proc = pipes_bus("run", "-q", "--bus", bus, "--events", "-", "--", sys.executable, script)
         assert proc.returncode == 0, proc.stderr
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
-        assert [(line["kind"], line["seq"]) for line in lines] == [("opened", 0), ("custom", 1), ("closed", 2)]
+        assert [(line["kind"], line["seq"]) for line in lines] == [
+            ("opened", 0),
+            ("custom", 1),
+            ("closed", 2),
+        ]
         assert lines[1]["payload"] == [1, "a"]
         assert proc.stderr == ""
 
@@ -80,8 +101,19 @@ class TestRun:
         for arg in (ctx.read_text(), f"@{ctx}"):
             for injector in ("env", "object", "argv"):
                 proc = pipes_bus(
-                    "run", "-q", "--bus", bus, "--injector", injector, "--context", arg, "--events", "-",
-                    "--", sys.executable, script,
+                    "run",
+                    "-q",
+                    "--bus",
+                    bus,
+                    "--injector",
+                    injector,
+                    "--context",
+                    arg,
+                    "--events",
+                    "-",
+                    "--",
+                    sys.executable,
+                    script,
                 )
                 assert proc.returncode == 0, proc.stderr
                 custom = [json.loads(x) for x in proc.stdout.splitlines()][1]
@@ -89,7 +121,9 @@ class TestRun:
 
     def test_the_commands_status_passes_through(self, tmp_path: Path, bus: str) -> None:
         """A command exiting 7 makes `run` exit 7, with the reason on stderr."""
-        script = worker(tmp_path, "import sys, pipes_bus\nwith pipes_bus.open_worker(): pass\nsys.exit(7)\n")
+        script = worker(
+            tmp_path, "import sys, pipes_bus\nwith pipes_bus.open_worker(): pass\nsys.exit(7)\n"
+        )
         proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 7
         assert proc.stderr.strip().splitlines()[-1] == "pipes-bus: the command exited with status 7"
@@ -104,7 +138,9 @@ class TestRun:
         proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 3
         last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("pipes-bus: writer etl (w-") and last.endswith("failed: ValueError: bad row 7")
+        assert last.startswith("pipes-bus: writer etl (w-") and last.endswith(
+            "failed: ValueError: bad row 7"
+        )
 
     def test_a_writer_that_never_closes_exits_4(self, tmp_path: Path, bus: str) -> None:
         """A command that exits 0 while its writer never closed makes `run` exit 4."""
@@ -114,9 +150,14 @@ class TestRun:
         )
         proc = pipes_bus("run", "-q", "--bus", bus, "--grace", "60", "--", sys.executable, script)
         assert proc.returncode == 4
-        assert "never closed; its last delivered message was #1 (custom)" in proc.stderr.splitlines()[-1]
+        assert (
+            "never closed; its last delivered message was #1 (custom)"
+            in proc.stderr.splitlines()[-1]
+        )
 
-    def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(self, tmp_path: Path, bus: str) -> None:
+    def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(
+        self, tmp_path: Path, bus: str
+    ) -> None:
         """A worker killed by SIGKILL makes `run` exit 137 and name the incomplete writer."""
         script = worker(
             tmp_path,
@@ -128,7 +169,9 @@ class TestRun:
         assert "the command exited with status -9" in proc.stderr
         assert "never closed" in proc.stderr
 
-    def test_a_command_that_reports_nothing_gets_diagnostics(self, tmp_path: Path, bus: str) -> None:
+    def test_a_command_that_reports_nothing_gets_diagnostics(
+        self, tmp_path: Path, bus: str
+    ) -> None:
         """A command that never opens a worker succeeds, and the view says where it looked."""
         proc = pipes_bus("run", "--bus", bus, "--", sys.executable, "-c", "pass")
         assert proc.returncode == 0
@@ -146,7 +189,9 @@ class TestRun:
             (["run", "--", "/nonexistent/program"], "Cannot start '/nonexistent/program'"),
         ],
     )
-    def test_bad_input_exits_2_with_a_clear_message(self, bus: str, args: list[str], message: str) -> None:
+    def test_bad_input_exits_2_with_a_clear_message(
+        self, bus: str, args: list[str], message: str
+    ) -> None:
         """Bad URLs, contexts, options or commands exit 2 with one line saying what is wrong."""
         if "--bus" not in args:
             args = [args[0], "--bus", bus, *args[1:]]
@@ -169,12 +214,18 @@ class TestRun:
         """`run --help` documents every exit status."""
         proc = pipes_bus("run", "--help")
         assert proc.returncode == 0
-        for line in ("exit status:", "3     a writer closed with an exception", "4     a writer opened but never closed"):
+        for line in (
+            "exit status:",
+            "3     a writer closed with an exception",
+            "4     a writer opened but never closed",
+        ):
             assert line in proc.stdout
 
 
 class TestTailAndLs:
-    def test_tail_replays_a_session_and_resumes_from_a_cursor(self, tmp_path: Path, bus: str) -> None:
+    def test_tail_replays_a_session_and_resumes_from_a_cursor(
+        self, tmp_path: Path, bus: str
+    ) -> None:
         """tail prints a finished session's events; with --cursor a second tail prints nothing new."""
         out = tmp_path / "e.jsonl"
         proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO))
@@ -185,7 +236,9 @@ class TestTailAndLs:
         assert first.returncode == 0, first.stderr
         assert len(events(out)) == 16
         assert "materialized examples/hello" in first.stderr
-        again = pipes_bus("tail", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor), "--once")
+        again = pipes_bus(
+            "tail", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor), "--once"
+        )
         assert again.returncode == 0, again.stderr
         assert len(events(out)) == 16
 
@@ -198,8 +251,63 @@ class TestTailAndLs:
     def test_ls_lists_sessions_with_their_writers(self, tmp_path: Path, bus: str) -> None:
         """ls shows one row per session with its writer count."""
         for _ in range(2):
-            assert pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO)).returncode == 0
+            assert (
+                pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO)).returncode
+                == 0
+            )
         proc = pipes_bus("ls", bus)
         rows = proc.stdout.strip().splitlines()
         assert rows[0].split() == ["SESSION", "STARTED", "WRITERS"]
         assert len(rows) == 3 and all(r.endswith(" 1") for r in rows[1:])
+
+
+class TestResume:
+    def test_a_killed_orchestrator_is_replaced_without_loss_or_duplicates(
+        self, tmp_path: Path, bus: str
+    ) -> None:
+        """`run` killed mid-session, then `tail --cursor` takes over: every event exactly once."""
+        import signal
+        import time
+
+        script = worker(
+            tmp_path,
+            "import time, pipes_bus\nwith pipes_bus.open_worker() as w:\n"
+            "    for i in range(3000):\n        w.report_custom_message(i)\n"
+            "        if i % 100 == 0: time.sleep(0.05)\n",
+        )
+        out, cursor = tmp_path / "events.jsonl", tmp_path / "cursor.json"
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipes_bus",
+                "run",
+                "-q",
+                "--bus",
+                bus,
+                "--events",
+                str(out),
+                "--cursor",
+                str(cursor),
+                "--",
+                sys.executable,
+                script,
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.exists() and out.read_bytes().count(b"\n") > 300 and cursor.exists():
+                break
+            time.sleep(0.01)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        with out.open("ab") as f:
+            f.write(b'{"writer":"torn line, as if killed mid-wri')
+        [session] = [p.name for p in Path(bus).iterdir()]
+        tail = pipes_bus(
+            "tail", "-q", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor)
+        )
+        assert tail.returncode == 0, tail.stderr
+        lines = events(out)
+        assert [line["seq"] for line in lines] == list(range(3002))
+        assert [line["payload"] for line in lines if line["kind"] == "custom"] == list(range(3000))
