@@ -10,6 +10,7 @@ takes them from its own environment, the way fsspec and the cloud SDKs do.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sys
 import zlib
@@ -147,7 +148,9 @@ def decode_context(text: str, what: str) -> Context:
 Loader = Callable[[Mapping[str, Any], Mapping[str, str], Sequence[str], Any], Context]
 
 
-def _from_env(source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any) -> Context:
+def _from_env(
+    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any
+) -> Context:
     name = source.get("env", CONTEXT_ENV)
     text = env.get(name)
     if text is None:
@@ -164,7 +167,9 @@ def _from_argv(
             return decode_context(arg[len(flag) + 1 :], flag)
         if arg == flag and i + 1 < len(argv):
             return decode_context(argv[i + 1], flag)
-    raise ConfigurationError(f"The session put the context in the {flag} argument, but it is missing.")
+    raise ConfigurationError(
+        f"The session put the context in the {flag} argument, but it is missing."
+    )
 
 
 def _from_object(
@@ -174,10 +179,18 @@ def _from_object(
     data = transport.get(key, max_size=source.get("max_size", 64 * 1024 * 1024))
     if data is None:
         raise ConfigurationError(f"The context object {transport.describe(key)} does not exist.")
+    expected = source.get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ConfigurationError(
+            f"The context object {transport.describe(key)} is not the one the orchestrator "
+            "wrote (its SHA-256 differs); refusing to use it. Someone else can write to this bus."
+        )
     try:
         return msgspec.json.decode(data, type=Context)
     except msgspec.DecodeError as exc:
-        raise ConfigurationError(f"The context object {transport.describe(key)} is invalid: {exc}") from exc
+        raise ConfigurationError(
+            f"The context object {transport.describe(key)} is invalid: {exc}"
+        ) from exc
 
 
 _LOADERS: dict[str, Loader] = {"env": _from_env, "argv": _from_argv, "object": _from_object}
@@ -205,4 +218,6 @@ def load_context(
             f"The session injected its context via {via!r}, which this worker cannot load. "
             f"Known: {', '.join(sorted(_LOADERS))}."
         )
-    return loader(source, os.environ if env is None else env, sys.argv if argv is None else argv, transport)
+    return loader(
+        source, os.environ if env is None else env, sys.argv if argv is None else argv, transport
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -123,7 +124,10 @@ class ObjectContextInjector(ContextInjector):
         data = msgspec.json.encode(context)
         if not transport.put_if_absent(key, data) and transport.get(key) != data:
             raise ConfigurationError(f"{transport.describe(key)} already holds another context.")
-        return Injection({"via": "object", "key": key, "max_size": max(len(data), 1)})
+        # The digest travels in the environment, which only the orchestrator writes:
+        # anyone who can write to the bucket still cannot swap the context.
+        digest = hashlib.sha256(data).hexdigest()
+        return Injection({"via": "object", "key": key, "max_size": len(data), "sha256": digest})
 
 
 class ArgvContextInjector(ContextInjector):

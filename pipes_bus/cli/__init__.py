@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._context import KEY_ENV
 from .._errors import ConfigurationError, PipesBusError
 from .._reader import SessionCursor
+from .._redact import redact
 from .._session import (
     BUS_ENV,
     EXIT_INCOMPLETE,
@@ -125,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         help="how the context reaches the worker (default auto: env if small, else an object)",
     )
     run.add_argument(
+        "--sign",
+        action="store_true",
+        help="sign every chunk with a per-session key (HMAC-SHA256) that reaches the worker "
+        "only through its environment; forged or altered chunks are rejected",
+    )
+    run.add_argument(
         "--capture-output",
         action="store_true",
         help="have the worker carry its stdout/stderr through the bus",
@@ -183,13 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tail(args)
         return _ls(args)
     except ConfigurationError as exc:
-        print(f"pipes-bus: {exc}", file=sys.stderr)
+        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except PipesBusError as exc:
-        print(f"pipes-bus: {exc}", file=sys.stderr)
+        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_STORE
     except OSError as exc:
-        print(f"pipes-bus: {exc}", file=sys.stderr)
+        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pipes-bus: interrupted", file=sys.stderr)
@@ -233,6 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         injector=args.injector,
         session_id=args.session_id,
         capture_output=args.capture_output,
+        sign=args.sign,
         collect=False,
         grace=args.grace,
     )
@@ -287,7 +296,9 @@ def _tail(args: argparse.Namespace) -> int:
         cursor = SessionCursor.loads(cursor_path.read_bytes())
     if not transport.list(session_id):
         raise ConfigurationError(f"There is no session at {transport.describe(session_id)}.")
-    session = Session.attach(transport, session_id, cursor=cursor)
+    secret = os.environ.get(KEY_ENV)
+    key = bytes.fromhex(secret) if secret else None
+    session = Session.attach(transport, session_id, cursor=cursor, key=key)
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events, resume=cursor_path is not None) if args.events else None
     view.start(f"following session {session_id} on {bus}")
