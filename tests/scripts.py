@@ -17,11 +17,15 @@ def write_script(tmp_path: Path, body: str, name: str = "worker.py") -> Path:
     return path
 
 
-def run_script(tmp_path: Path, body: str, *, bus: str | None = None, **options: Any) -> SessionResult:
+def run_script(
+    tmp_path: Path, body: str, *, bus: str | None = None, **options: Any
+) -> SessionResult:
     """Run ``body`` as ``python worker.py`` in a fresh session on a directory bus."""
     script = write_script(tmp_path, body)
     options.setdefault("grace", 30.0)
-    return run_subprocess([sys.executable, str(script)], bus=bus or str(tmp_path / "bus"), **options)
+    return run_subprocess(
+        [sys.executable, str(script)], bus=bus or str(tmp_path / "bus"), **options
+    )
 
 
 def payloads(result: SessionResult) -> list[Any]:

@@ -41,7 +41,13 @@ def _load(session: Session) -> Context:
 
 class TestInjectors:
     @pytest.mark.parametrize(
-        "injector", [EnvContextInjector(), ObjectContextInjector(), ArgvContextInjector(), AutoContextInjector()]
+        "injector",
+        [
+            EnvContextInjector(),
+            ObjectContextInjector(),
+            ArgvContextInjector(),
+            AutoContextInjector(),
+        ],
     )
     def test_every_field_round_trips(self, tmp_path: Path, injector: object) -> None:
         """The worker loads exactly the context the orchestrator injected, whatever the injector."""
@@ -98,7 +104,11 @@ class TestBootstrap:
             },
         )
         raw = json.loads(zlib.decompress(base64.urlsafe_b64decode(session.env[SESSION_ENV])))
-        assert raw["storage_options"] == {"token": "anon", "client_kwargs": {"region_name": "eu"}, "auto_mkdir": True}
+        assert raw["storage_options"] == {
+            "token": "anon",
+            "client_kwargs": {"region_name": "eu"},
+            "auto_mkdir": True,
+        }
         everything = " ".join(session.env.values()) + json.dumps(raw)
         for secret in ("AKIA-SECRET", "s3cr3t", "zzz", "kkk"):
             assert secret not in everything

@@ -31,7 +31,9 @@ def _session(bus: str, fake: FakeTime, **options: object) -> Session:
     return Session(bus, sleep=fake.sleep, clock=fake.clock, **options)  # type: ignore[arg-type]
 
 
-def _writer(session: Session, name: str, pid: int | None = None, host: str | None = None) -> ChunkWriter:
+def _writer(
+    session: Session, name: str, pid: int | None = None, host: str | None = None
+) -> ChunkWriter:
     writer = ChunkWriter(session.transport, session.id, name)
     writer.write(Opened(info=WriterInfo(id=name, pid=pid, host=host)))
     return writer
@@ -70,7 +72,9 @@ class TestCompletion:
         [incomplete] = result.incomplete
         assert incomplete.id == "late"
         assert incomplete.last is not None and incomplete.last.seq == 3
-        assert result.problems() == ["writer late never closed; its last delivered message was #3 (custom)"]
+        assert result.problems() == [
+            "writer late never closed; its last delivered message was #3 (custom)"
+        ]
         assert result.exit_status() == 4
 
     def test_a_writer_that_closes_during_grace_completes_the_session(self, bus: str) -> None:
@@ -97,7 +101,9 @@ class TestCompletion:
         import subprocess
         import sys
 
-        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        gone = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        )
         fake = FakeTime()
         session = _session(bus, fake, grace=1000.0)
         writer = _writer(session, "dead", pid=int(gone.stdout), host=socket.gethostname())
@@ -173,14 +179,22 @@ class TestReattach:
         writer.close()
         from pipes_bus import SessionCursor
 
-        second = Session.attach(open_transport(bus), first.id, cursor=SessionCursor.loads(saved), sleep=fake.sleep, clock=fake.clock)
+        second = Session.attach(
+            open_transport(bus),
+            first.id,
+            cursor=SessionCursor.loads(saved),
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
         rest = list(second.follow())
         seqs = [e.seq for e in consumed + rest if isinstance(e, Event)]
         assert seqs == list(range(152))
 
 
 class TestBusUrl:
-    def test_default_bus_is_a_local_directory_under_the_cache(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def test_default_bus_is_a_local_directory_under_the_cache(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
         """Without a URL or $PIPES_BUS_URL, sessions live in $XDG_CACHE_HOME/pipes-bus/bus."""
         monkeypatch.delenv("PIPES_BUS_URL", raising=False)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
