@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._chunk import ChunkHeader
-from ._context import Context, PartitionKeyRange, PartitionTimeWindow
+from ._context import Context, PartitionKeyRange, PartitionTimeWindow, register_context_loader
 from ._errors import (
     BufferFullError,
     ConfigurationError,
@@ -101,8 +101,10 @@ __all__ = [
     "PollSchedule",
     "Progress",
     "RetryPolicy",
+    "Session",
     "SessionCursor",
     "SessionReader",
+    "SessionResult",
     "StoreError",
     "StreamCursor",
     "StreamFault",
@@ -110,13 +112,11 @@ __all__ = [
     "TableValue",
     "TextValue",
     "TimestampValue",
-    "Transport",
     "TransientStoreError",
+    "Transport",
     "UnknownMessage",
     "UnknownSchemeError",
     "UrlValue",
-    "Session",
-    "SessionResult",
     "Worker",
     "WorkerTerminated",
     "WriterClosedError",
@@ -127,9 +127,18 @@ __all__ = [
     "open_session",
     "open_transport",
     "open_worker",
+    "register_context_loader",
     "register_transport",
     "run_subprocess",
 ]
+
+# Public errors report themselves as pipes_bus.X (in tracebacks and `closed` messages).
+# (Structs keep their module: msgspec resolves their annotations through it.)
+for _name in __all__:
+    _value = globals().get(_name)
+    if isinstance(_value, type) and issubclass(_value, BaseException | Warning):
+        _value.__module__ = "pipes_bus"
+del _name, _value
 
 if TYPE_CHECKING:
     from .orchestrator import Session, SessionResult, open_session, run_subprocess

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -250,7 +251,9 @@ class SessionResult:
     def problems(self) -> list[str]:
         """One sentence per problem, most important first."""
         lines: list[str] = []
-        if self.exit_code not in (None, 0):
+        if self.exit_code is not None and self.exit_code < 0:
+            lines.append(f"the command was killed by {_signal_name(-self.exit_code)}")
+        elif self.exit_code not in (None, 0):
             lines.append(f"the command exited with status {self.exit_code}")
         for w in self.failed:
             assert w.exception is not None
@@ -284,6 +287,13 @@ class SessionResult:
 
 
 # --- session --------------------------------------------------------------------------------
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class MessageSource:

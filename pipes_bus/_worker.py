@@ -20,6 +20,7 @@ from typing import Any
 from . import _keys
 from ._context import KEY_ENV, LABEL_ENV, Context, SessionParams, decode_params, load_context
 from ._errors import ConfigurationError, PipesBusError, PipesBusWarning
+from ._retry import RetryPolicy
 from ._schema import (
     Check,
     Custom,
@@ -231,8 +232,11 @@ class Worker:
 def _writer_settings(params: SessionParams, settings: WriterSettings | None) -> WriterSettings:
     if settings is not None:
         return settings
+    options = dict(params.writer)
     try:
-        return WriterSettings(**params.writer)
+        if isinstance(options.get("retry"), dict):
+            options["retry"] = RetryPolicy(**options["retry"])
+        return WriterSettings(**options)
     except TypeError as exc:
         raise ConfigurationError(f"The session's writer settings are invalid: {exc}") from exc
 
@@ -323,11 +327,20 @@ def _start(
 
 # --- process lifecycle ---------------------------------------------------------------------
 
-_handlers_installed = False
+_atexit_registered = False
+_signals_installed = False
 _previous_handlers: dict[int, Any] = {}
+_uncaught: BaseException | None = None
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    with _registry_lock:
+        busy = bool(_open_workers)
+    if not busy:
+        # No writer open in this process: behave exactly as if we had never been here.
+        _restore_handlers()
+        os.kill(os.getpid(), signum)
+        return
     # Never interrupt pipes_bus itself (a half-appended message would corrupt a chunk):
     # re-deliver the signal a moment later, once the call has returned.
     f = frame
@@ -343,14 +356,35 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise WorkerTerminated(signum)
 
 
+def _restore_handlers() -> None:
+    global _signals_installed
+    for sig, previous in _previous_handlers.items():
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    _previous_handlers.clear()
+    _signals_installed = False
+
+
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    # Remember an uncaught exception, so writers closed at exit report it.
+    global _uncaught
+    _uncaught = exc
+    _previous_excepthook(kind, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
+
+
 def _install_handlers() -> None:
-    global _handlers_installed
-    if _handlers_installed:
+    global _atexit_registered, _signals_installed, _previous_excepthook
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(_close_all_at_exit)
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _excepthook
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
-    _handlers_installed = True
-    atexit.register(_close_all_at_exit)
-    if threading.current_thread() is not threading.main_thread():
-        return
+    _signals_installed = True
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT):
         if sig is None:
             continue
@@ -376,16 +410,17 @@ def _close_all_at_exit() -> None:
         workers = list(_open_workers)
     for worker in workers:
         with contextlib.suppress(Exception):
-            worker.close()
+            worker.close(_uncaught)
 
 
 def _forget_after_fork() -> None:
-    # A forked child shares nothing with its parent's writers: it opens its own.
-    global _handlers_installed
+    # A forked child shares nothing with its parent's writers: it opens its own, and
+    # until it does, signals behave as they would without pipes_bus.
     for worker in list(_open_workers):
         worker._inherited = True
     _open_workers.clear()
-    _handlers_installed = False
+    if threading.current_thread() is threading.main_thread():
+        _restore_handlers()
 
 
 if hasattr(os, "register_at_fork"):

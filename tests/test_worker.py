@@ -297,6 +297,71 @@ class TestProcesses:
         assert result.ok, result.problems()
         assert payloads(result) == list(range(5))
 
+    def test_an_uncaught_exception_without_with_is_recorded_at_exit(self, tmp_path: Path) -> None:
+        """A worker closed at exit after an uncaught exception reports that exception."""
+        result = run_script(
+            tmp_path,
+            """
+            import pipes_bus
+            worker = pipes_bus.open_worker()
+            worker.report_custom_message(1)
+            raise RuntimeError("no with block")
+            """,
+        )
+        assert result.exit_code == 1
+        [writer] = result.failed
+        assert writer.exception is not None
+        assert (writer.exception.type, writer.exception.message) == (
+            "RuntimeError",
+            "no with block",
+        )
+        assert payloads(result) == [1]
+
+    def test_forked_pool_children_keep_default_signal_behaviour(self, tmp_path: Path) -> None:
+        """Pool processes forked from a worker die quietly on SIGTERM, with no stray traceback."""
+        script = tmp_path / "pool.py"
+        script.write_text(
+            "import multiprocessing as mp, pipes_bus\n"
+            "def f(x): return x * 2\n"
+            "if __name__ == '__main__':\n"
+            "    with pipes_bus.open_worker() as w:\n"
+            "        with mp.get_context('fork').Pool(3) as pool:\n"
+            "            w.report_custom_message(pool.map(f, range(6)))\n"
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipes_bus",
+                "run",
+                "-q",
+                "--bus",
+                str(tmp_path / "bus"),
+                "--",
+                sys.executable,
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "WorkerTerminated" not in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_retry_settings_travel_from_the_session(self, tmp_path: Path) -> None:
+        """writer_settings with a retry policy given as a dict reach the worker intact."""
+        result = run_script(
+            tmp_path,
+            """
+            import pipes_bus
+            with pipes_bus.open_worker() as w:
+                w.report_custom_message(1)
+            """,
+            writer_settings={"retry": {"deadline": 5.0, "initial": 0.01}, "linger": 0.001},
+        )
+        assert result.ok, result.problems()
+        assert payloads(result) == [1]
+
     def test_captured_output_travels_through_the_bus(self, tmp_path: Path) -> None:
         """With capture_output, the worker's stdout and stderr arrive as output messages."""
         result = run_script(

@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="pipes-bus",
         description="Run work anywhere and hear back from it through shared storage.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Default bus: ${BUS_ENV}, else {default_bus_url()}",
+        epilog=(
+            f"Default bus: ${BUS_ENV} (now {os.environ[BUS_ENV]})"
+            if os.environ.get(BUS_ENV)
+            else f"Default bus: {default_bus_url()} (set ${BUS_ENV} to change it)"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"pipes-bus {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import IO, Any
@@ -59,6 +60,7 @@ class EventSink:
         self._lines: list[bytes] = []
         self._names: dict[str, bytes] = {}
         self.written = 0
+        self.broken = False
 
     def add(self, item: Event | StreamFault) -> None:
         """Queue one item; :meth:`flush` writes the queue."""
@@ -121,12 +123,30 @@ class EventSink:
             i = j
 
     def flush(self) -> None:
-        """Write and flush everything queued."""
-        if self._lines:
-            self._file.write(b"".join(self._lines))
-            self.written += len(self._lines)
+        """Write and flush everything queued.
+
+        If the reader of ``--events -`` goes away (``| head``), events stop being written
+        and the session carries on: the worker is not made to fail for it.
+        """
+        if self.broken:
             self._lines.clear()
-        self._file.flush()
+            return
+        try:
+            if self._lines:
+                self._file.write(b"".join(self._lines))
+                self.written += len(self._lines)
+            self._file.flush()
+        except BrokenPipeError:
+            self.broken = True
+            # Point stdout at nothing, so the interpreter's final flush does not fail too.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            print(
+                "pipes-bus: the --events reader closed its end; no more events written",
+                file=sys.stderr,
+            )
+        self._lines.clear()
 
     def close(self) -> None:
         """Flush, and close the file if it is not stdout."""

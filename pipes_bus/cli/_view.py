@@ -154,6 +154,9 @@ class PlainView:
         if reason is None:
             if not self.quiet:
                 self.line(f"session {result.session} done: {summary}", "green")
+                if not result.writers and result.diagnostics:
+                    self.line("no worker reported into this session:", "yellow")
+                    self.line(result.diagnostics, "dim")
         else:
             if not self.quiet:
                 self.line(f"session {result.session}: {summary}")

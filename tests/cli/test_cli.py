@@ -166,8 +166,29 @@ class TestRun:
         )
         proc = pipes_bus("run", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 128 + 9
-        assert "the command exited with status -9" in proc.stderr
+        assert "the command was killed by SIGKILL" in proc.stderr
         assert "never closed" in proc.stderr
+
+    def test_a_closed_events_pipe_does_not_fail_the_run(self, tmp_path: Path, bus: str) -> None:
+        """`--events - | head -1` ends the events, not the session: exit 0, one clear line."""
+        script = worker(
+            tmp_path,
+            "import pipes_bus\nwith pipes_bus.open_worker() as w:\n"
+            "    for i in range(200000): w.report_custom_message(i)\n",
+        )
+        proc = subprocess.run(
+            f"{sys.executable} -m pipes_bus run -q --bus {bus} --events - -- {sys.executable} {script}"
+            " | head -1; exit ${PIPESTATUS[0]}",
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["kind"] == "opened"
+        assert "Traceback" not in proc.stderr
+        assert "the --events reader closed its end" in proc.stderr
 
     def test_a_command_that_reports_nothing_gets_diagnostics(
         self, tmp_path: Path, bus: str
@@ -176,6 +197,8 @@ class TestRun:
         proc = pipes_bus("run", "--bus", bus, "--", sys.executable, "-c", "pass")
         assert proc.returncode == 0
         assert "0 writer(s)" in proc.stderr
+        assert "no worker reported into this session:" in proc.stderr
+        assert "never called pipes_bus.open_worker()" in proc.stderr
 
     @pytest.mark.parametrize(
         ("args", "message"),
