@@ -3,13 +3,21 @@
 A chunk is one header line of JSON, a newline, then the body::
 
     {"format":"pipes-bus-chunk","protocol":"1.0","writer":"w-...","chunk":7,
-     "first":700,"count":100,"encoding":"jsonl","size":5120,"crc32":123456789}\\n
+     "first":700,"count":100,"size":5120,"crc32":123456789}\\n
     <body: `size` bytes, compressed if "compression" is set>
 
-The body is JSON Lines (one message per line) or a MessagePack array. ``crc32`` covers
-the body as stored; ``mac`` (when the session has a key) is an HMAC-SHA256 over the
-header without ``mac`` and the body. Readers need nothing but the header to check a
-chunk, so a chunk explains itself wherever it is found.
+The body is JSON Lines (one message per line) or a MessagePack array; ``encoding``
+says which and is left out for JSON Lines. ``format`` and ``protocol`` are always
+written.
+
+``crc32`` is the CRC-32 of the header line as stored, with its ``mac`` member removed and
+its ``crc32`` value written as ``0``, then a newline, then the body as stored: a flipped
+bit anywhere but in ``mac`` is caught, the index range in the header included. It is
+computed over the stored bytes, not a re-encoding, so headers from a newer minor
+protocol with extra members check just the same. ``mac`` (when the session has a key)
+is an HMAC-SHA256 over the header line with its ``mac`` member removed, a newline, and
+the body. Readers need nothing but the chunk to check it, so a chunk explains itself
+wherever it is found.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import bz2
 import hashlib
 import hmac
 import lzma
+import re
 import zlib
 from collections.abc import Callable
 from typing import Any, Literal
@@ -44,10 +53,15 @@ Compression = Literal["gzip", "zlib", "bz2", "lzma"]
 
 
 class ChunkHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The first line of every chunk."""
+    """The first line of every chunk.
 
-    format: str = FORMAT
-    protocol: str = PROTOCOL_VERSION
+    ``format`` and ``protocol`` have no defaults, so they are always written: a chunk
+    must say what it is, and a reader of a later protocol must not take a chunk that
+    does not say its version for one of its own.
+    """
+
+    format: str
+    protocol: str
     writer: str
     chunk: int
     first: int
@@ -63,8 +77,20 @@ class ChunkHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 _HEADER_ENCODER = msgspec.json.Encoder()
 _HEADER_DECODER = msgspec.json.Decoder(ChunkHeader)
 
-_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": lambda data: zlib.compress(data, 6, wbits=31),
+# Every chunk starts with these bytes: how a damaged chunk is told from a stranger.
+_PREFIX = b'{"format":"' + FORMAT.encode() + b'"'
+_CRC_MEMBER = re.compile(rb'"crc32":[0-9]+')
+_MAC_MEMBER = re.compile(rb',"mac":"[^"]*"')
+
+
+def _gzip(data: bytes | bytearray) -> bytes:
+    # zlib.compress has no wbits before Python 3.11; no timestamp, so output is reproducible.
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+_COMPRESSORS: dict[str, Callable[[bytes | bytearray], bytes]] = {
+    "gzip": _gzip,
     "zlib": lambda data: zlib.compress(data, 6),
     "bz2": lambda data: bz2.compress(data, 9),
     "lzma": lambda data: lzma.compress(data),
@@ -85,17 +111,25 @@ def _decompress(data: bytes, codec: str, limit: int) -> bytes:
     out = decoder.decompress(data, limit + 1)
     if len(out) > limit:
         raise ValueError(f"decompressed body is over the {limit}-byte limit")
-    if codec in ("gzip", "zlib") and not decoder.eof:
+    if not decoder.eof:
         raise ValueError("compressed body is incomplete")
     return bytes(out)
 
 
-def sign(key: bytes, header_line: bytes, body: bytes) -> str:
+def sign(key: bytes, header_line: bytes, body: bytes | bytearray) -> str:
     """HMAC-SHA256 of a chunk's unsigned header line and body, hex-encoded."""
     mac = hmac.new(key, header_line, hashlib.sha256)
     mac.update(b"\n")
     mac.update(body)
     return mac.hexdigest()
+
+
+def checksum(unsigned_line: bytes, body: bytes | bytearray) -> int | None:
+    """The ``crc32`` of a chunk, from its header line without ``mac``; None if unusable."""
+    masked, n = _CRC_MEMBER.subn(b'"crc32":0', unsigned_line)
+    if n != 1:
+        return None
+    return zlib.crc32(body, zlib.crc32(b"\n", zlib.crc32(masked)))
 
 
 def build_chunk(
@@ -104,7 +138,7 @@ def build_chunk(
     chunk: int,
     first: int,
     count: int,
-    body: bytes,
+    body: bytes | bytearray,
     encoding: str = "jsonl",
     compression: str | None = None,
     final: bool = False,
@@ -114,6 +148,8 @@ def build_chunk(
     if compression is not None:
         body = _COMPRESSORS[compression](body)
     header = ChunkHeader(
+        format=FORMAT,
+        protocol=PROTOCOL_VERSION,
         writer=writer,
         chunk=chunk,
         first=first,
@@ -121,9 +157,12 @@ def build_chunk(
         encoding=encoding,
         compression=compression,
         size=len(body),
-        crc32=zlib.crc32(body),
+        crc32=0,
         final=final,
     )
+    crc = checksum(_HEADER_ENCODER.encode(header), body)
+    assert crc is not None
+    header = msgspec.structs.replace(header, crc32=crc)
     line = _HEADER_ENCODER.encode(header)
     if key is not None:
         signed = msgspec.structs.replace(header, mac=sign(key, line, body))
@@ -149,9 +188,11 @@ class DecodedChunk(msgspec.Struct, frozen=True):
     unknown_fields: dict[int, dict[str, Any]] | None = None
 
 
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
 _JSON_DECODER = msgspec.json.Decoder(AnyMessage)
 _JSON_ANY = msgspec.json.Decoder()
-_MSGPACK_DECODER = msgspec.msgpack.Decoder(list[AnyMessage])  # type: ignore[valid-type]
+_MSGPACK_DECODER = msgspec.msgpack.Decoder(list[AnyMessage])
 _MSGPACK_ANY = msgspec.msgpack.Decoder()
 
 
@@ -161,14 +202,24 @@ def parse_header(data: bytes) -> tuple[ChunkHeader, bytes, bytes]:
     if end < 0:
         if not data:
             raise ChunkProblem("truncated", "the object is empty")
+        if data.startswith(_PREFIX) and len(data) < MAX_HEADER_BYTES:
+            raise ChunkProblem("truncated", "the object ends inside its chunk header")
         raise ChunkProblem("foreign", "the object does not start with a pipes_bus chunk header")
     line = data[:end]
     try:
         header = _HEADER_DECODER.decode(line)
-    except msgspec.DecodeError as exc:
+    except _DECODE_ERRORS as exc:
         raw = _try_json(line)
         if isinstance(raw, dict) and raw.get("format") == FORMAT:
+            if _version(str(raw.get("protocol")))[0] > PROTOCOL_MAJOR:
+                raise ChunkProblem(
+                    "newer_protocol",
+                    f"the chunk uses protocol {raw.get('protocol')}; this reader speaks "
+                    f"{PROTOCOL_VERSION}. Upgrade pipes_bus on the orchestrator side.",
+                ) from None
             raise ChunkProblem("corrupt", f"the chunk header is invalid: {exc}") from None
+        if line.startswith(_PREFIX):
+            raise ChunkProblem("corrupt", "the chunk header is not valid JSON") from None
         raise ChunkProblem(
             "foreign", "the object does not start with a pipes_bus chunk header"
         ) from None
@@ -180,7 +231,7 @@ def parse_header(data: bytes) -> tuple[ChunkHeader, bytes, bytes]:
 def _try_json(data: bytes) -> Any:
     try:
         return _JSON_ANY.decode(data)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return None
 
 
@@ -198,12 +249,6 @@ def parse_chunk(
     corrupt, truncated, forged, or from a newer major protocol.
     """
     header, line, body = parse_header(data)
-    if header.writer != writer or header.chunk != chunk:
-        raise ChunkProblem(
-            "foreign",
-            f"the chunk says it is chunk {header.chunk} of writer {header.writer!r}",
-            header,
-        )
     major, minor = _version(header.protocol)
     if major != PROTOCOL_MAJOR:
         raise ChunkProblem(
@@ -220,19 +265,35 @@ def parse_chunk(
         raise ChunkProblem(
             "corrupt", f"the body has {len(body)} bytes; the header says {header.size}", header
         )
-    if zlib.crc32(body) != header.crc32:
-        raise ChunkProblem("corrupt", "the body does not match its checksum", header)
+    unsigned = _MAC_MEMBER.sub(b"", line, count=1) if header.mac is not None else line
+    if checksum(unsigned, body) != header.crc32:
+        raise ChunkProblem("corrupt", "the chunk does not match its checksum", header)
     if key is not None:
         if header.mac is None:
             raise ChunkProblem("unauthenticated", "the chunk is not signed", header)
-        unsigned = _HEADER_ENCODER.encode(msgspec.structs.replace(header, mac=None))
         if not hmac.compare_digest(sign(key, unsigned, body), header.mac):
             raise ChunkProblem("unauthenticated", "the chunk's signature is wrong", header)
+    # After the checksum, so a damaged header reads as corrupt; an intact chunk copied
+    # from elsewhere reads as foreign.
+    if header.writer != writer or header.chunk != chunk:
+        raise ChunkProblem(
+            "foreign",
+            f"the chunk says it is chunk {header.chunk} of writer {header.writer!r}",
+            header,
+        )
     if header.compression is not None:
+        if header.compression not in _COMPRESSORS:
+            raise ChunkProblem(
+                "newer_protocol",
+                f"the chunk's compression {header.compression!r} is unknown",
+                header,
+            )
         try:
             body = _decompress(body, header.compression, max_body_bytes)
         except (ValueError, OSError, EOFError, lzma.LZMAError) as exc:
-            raise ChunkProblem("corrupt", f"the body cannot be decompressed: {exc}", header) from None
+            raise ChunkProblem(
+                "corrupt", f"the body cannot be decompressed: {exc}", header
+            ) from None
     if header.encoding == "jsonl":
         return _decode_jsonl(header, body, newer=minor > PROTOCOL_MINOR)
     if header.encoding == "msgpack":
@@ -254,7 +315,7 @@ def _decode_jsonl(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedCh
     if not newer:
         try:
             messages: list[Any] = _JSON_DECODER.decode_lines(body)
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             pass
         else:
             _check_count(header, len(messages))
@@ -270,14 +331,14 @@ def _decode_msgpack(header: ChunkHeader, body: bytes, *, newer: bool) -> Decoded
     if not newer:
         try:
             messages: list[Any] = _MSGPACK_DECODER.decode(body)
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             pass
         else:
             _check_count(header, len(messages))
             return DecodedChunk(header, messages)
     try:
         raw = _MSGPACK_ANY.decode(body)
-    except msgspec.DecodeError as exc:
+    except _DECODE_ERRORS as exc:
         raise ChunkProblem("corrupt", f"the body is not valid MessagePack: {exc}", header) from None
     if not isinstance(raw, list):
         raise ChunkProblem("corrupt", "the body is not a MessagePack array", header)
@@ -303,9 +364,10 @@ def _decode_each(header: ChunkHeader, raws: list[Any], newer: bool) -> DecodedCh
             )
             continue
         try:
-            message = msgspec.convert(raw, AnyMessage)  # type: ignore[arg-type]
+            message = msgspec.convert(raw, AnyMessage)
         except msgspec.ValidationError as exc:
-            reason = "unknown kind" if "Invalid value" in str(exc) and "kind" in str(exc) else str(exc)
+            text = str(exc)
+            reason = "unknown kind" if "Invalid value" in text and "$.kind" in text else text
             messages.append(UnknownMessage(kind=raw["kind"], data=raw, reason=reason))
             continue
         messages.append(message)

@@ -157,7 +157,14 @@ _TRANSIENT_ERRNOS = {
     errno.EPIPE,
     errno.ETIMEDOUT,
 }
-_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.ENOSPC}
+_PERMANENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EROFS,
+    errno.ENOSPC,
+}
 _TRANSIENT_WORDS = (
     "slowdown",
     "slow down",
@@ -234,7 +241,9 @@ def translate_store_error(exc: BaseException, *, url: str, key: str | None, op: 
     if isinstance(exc, StoreError):
         return exc
     where = f"{url.rstrip('/')}/{key}" if key else url
-    detail = f"{type(exc).__name__}: {exc}".strip()
+    from ._redact import redact
+
+    detail = redact(f"{type(exc).__name__}: {exc}".strip())
     if is_transient(exc):
         return TransientStoreError(
             f"Cannot {op} {where}: the store had a transient failure ({detail}). "
@@ -255,9 +264,11 @@ def store_errors(*, url: str, key: str | None, op: str) -> Iterator[None]:
     """Re-raise any lower-layer failure inside the block as a :class:`StoreError`."""
     try:
         yield
-    except StoreError:
+    except (StoreError, FileExistsError):
         raise
-    except FileExistsError:
+    except ImportError:
+        # A store backend that is not installed is for open_transport to explain (with an
+        # install hint), not a store failure to retry or blame on credentials.
         raise
     except Exception as exc:
         raise translate_store_error(exc, url=url, key=key, op=op) from exc

@@ -19,14 +19,17 @@ from ._errors import ConfigurationError
 __all__ = [
     "chunk_key",
     "chunk_number",
+    "is_id",
     "new_id",
     "sanitize",
+    "stream_prefix",
     "streams_prefix",
     "validate_id",
 ]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 CHUNK_DIGITS = 20
 _CHUNK = re.compile(r"[0-9]{20}")
 
@@ -43,7 +46,7 @@ def validate_id(what: str, value: str) -> str:
 
 def sanitize(value: str, *, limit: int = 48) -> str:
     """Turn any text (a label such as 'rank 3') into a safe id fragment."""
-    cleaned = _UNSAFE.sub("-", value).replace("..", ".").strip(".-_")
+    cleaned = _DOTS.sub(".", _UNSAFE.sub("-", value)).strip(".-_")
     return cleaned[:limit] or "x"
 
 

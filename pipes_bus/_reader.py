@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Union
@@ -10,7 +11,7 @@ import msgspec
 
 from . import _keys
 from ._chunk import ChunkProblem, parse_chunk
-from ._errors import ObjectTooLargeError, TransientStoreError
+from ._errors import ConfigurationError, ObjectTooLargeError, TransientStoreError
 from ._retry import PollSchedule
 from ._schema import Closed, Message, UnknownMessage
 from .transports import Transport
@@ -20,7 +21,7 @@ __all__ = ["Event", "SessionCursor", "SessionReader", "StreamCursor", "StreamFau
 MiB = 1024 * 1024
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One delivered message: who wrote it, its index in that writer's stream, and the chunk."""
 
     writer: str
@@ -102,6 +103,10 @@ class SessionReader:
     :meth:`poll` makes one pass and returns everything available, in order per writer;
     :meth:`follow` polls adaptively until told to stop. Nothing is yielded twice, and
     anything that cannot be delivered is yielded as a :class:`StreamFault` naming the key.
+
+    ``max_chunk_bytes`` bounds a chunk both as stored and once decompressed (so a
+    decompression bomb is a ``corrupt`` fault, not an out-of-memory); ``discover_interval``
+    and ``scan_interval`` are in seconds of ``clock``.
     """
 
     def __init__(
@@ -127,9 +132,12 @@ class SessionReader:
         self._rejected: set[str] = set()
         self._discovered_at: float | None = None
         self.last_error: Exception | None = None
+        self.behind = False
         if cursor is not None:
             if cursor.session != session:
-                raise ValueError(f"The cursor is for session {cursor.session!r}, not {session!r}.")
+                raise ConfigurationError(
+                    f"The cursor is for session {cursor.session!r}, not {session!r}."
+                )
             for writer, c in cursor.streams.items():
                 self._streams[writer] = _Stream(c.chunk, c.seq, c.closed)
 
@@ -159,20 +167,32 @@ class SessionReader:
 
     # --- reading ------------------------------------------------------------------------
 
-    def poll(self, *, discover: bool | None = None) -> list[Item]:
-        """One pass over the session; everything available now, in order per writer."""
+    def poll(self, *, discover: bool | None = None, limit: int | None = 65536) -> list[Item]:
+        """One pass over the session; everything available now, in order per writer.
+
+        With ``limit``, the pass stops at the first chunk boundary past that many items
+        and :attr:`behind` is True until a pass reads everything there was.
+        """
         out: list[Item] = []
+        self.behind = False
         now = self._clock()
         if discover or (
             discover is None
-            and (self._discovered_at is None or now - self._discovered_at >= self.discover_interval)
+            and (
+                not self._streams  # nobody yet: look every poll (the poll backs off)
+                or self._discovered_at is None
+                or now - self._discovered_at >= self.discover_interval
+            )
         ):
             self.discover(out)
         for writer, stream in list(self._streams.items()):
             if stream.closed:
                 continue
+            if limit is not None and len(out) >= limit:
+                self.behind = True
+                break
             before = stream.seq
-            self._drain(writer, stream, out)
+            self._drain(writer, stream, out, limit)
             if stream.seq != before:
                 stream.idle_since = now
             elif (
@@ -237,9 +257,13 @@ class SessionReader:
             yield from batch
             done = until() if until is not None else bool(self._streams) and not self.open_writers
             if done:
+                # A full pass: poll() stops at its item limit, so go on until nothing is left.
                 yield from self.poll(discover=True)
+                while self.behind:
+                    yield from self.poll()
                 return
-            sleep(schedule.next(bool(batch)))
+            if not self.behind:
+                sleep(schedule.next(bool(batch)))
 
     # --- internals ----------------------------------------------------------------------
 
@@ -251,11 +275,18 @@ class SessionReader:
             self.last_error = exc
             return None
 
-    def _drain(self, writer: str, stream: _Stream, out: list[Item]) -> None:
+    def _drain(
+        self, writer: str, stream: _Stream, out: list[Item], limit: int | None = None
+    ) -> None:
         while not stream.closed:
+            if limit is not None and len(out) >= limit:
+                self.behind = True
+                return
             key = _keys.chunk_key(self.session, writer, stream.chunk)
             try:
-                data = self._call(lambda: self.transport.get(key, max_size=self.max_chunk_bytes))
+                data = self._call(
+                    functools.partial(self.transport.get, key, max_size=self.max_chunk_bytes)
+                )
             except ObjectTooLargeError as exc:
                 out.append(StreamFault(writer, key, "too_large", str(exc)))
                 stream.chunk += 1
@@ -268,7 +299,7 @@ class SessionReader:
                     writer=writer,
                     chunk=stream.chunk,
                     key=self._key,
-                    max_body_bytes=self.max_chunk_bytes * 64,
+                    max_body_bytes=self.max_chunk_bytes,
                 )
             except ChunkProblem as problem:
                 out.append(StreamFault(writer, key, problem.reason, problem.detail))
@@ -317,7 +348,8 @@ class SessionReader:
     def _scan(self, writer: str, stream: _Stream, out: list[Item]) -> None:
         """List a stream past its cursor: report strangers, and skip a missing chunk."""
         prefix = _keys.stream_prefix(self.session, writer)
-        names = self._call(lambda: self.transport.list(prefix, after=f"{stream.chunk - 1:020d}"))
+        after = f"{stream.chunk - 1:020d}" if stream.chunk > 0 else None
+        names = self._call(lambda: self.transport.list(prefix, after=after))
         if not names:
             return
         later: list[int] = []

@@ -59,59 +59,59 @@ PROTOCOL_MINOR = 0
 # --- metadata ----------------------------------------------------------------------------
 
 
-class _Metadata(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+class _Metadata(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True, gc=False):
     """Base of typed metadata values; encoded as ``{"type": ..., "value": ...}``."""
 
 
-class TextValue(_Metadata, tag="text"):
+class TextValue(_Metadata, tag="text", frozen=True):
     """Plain text."""
 
     value: str
 
 
-class IntValue(_Metadata, tag="int"):
+class IntValue(_Metadata, tag="int", frozen=True):
     """An integer."""
 
     value: int
 
 
-class FloatValue(_Metadata, tag="float"):
+class FloatValue(_Metadata, tag="float", frozen=True):
     """A finite float (JSON cannot carry NaN or infinities)."""
 
     value: float
 
 
-class BoolValue(_Metadata, tag="bool"):
+class BoolValue(_Metadata, tag="bool", frozen=True):
     """A boolean."""
 
     value: bool
 
 
-class JsonValue(_Metadata, tag="json"):
+class JsonValue(_Metadata, tag="json", frozen=True):
     """Any JSON-compatible structure."""
 
     value: Any
 
 
-class UrlValue(_Metadata, tag="url"):
+class UrlValue(_Metadata, tag="url", frozen=True):
     """A URL."""
 
     value: str
 
 
-class PathValue(_Metadata, tag="path"):
+class PathValue(_Metadata, tag="path", frozen=True):
     """A filesystem or object-store path."""
 
     value: str
 
 
-class MarkdownValue(_Metadata, tag="md"):
+class MarkdownValue(_Metadata, tag="md", frozen=True):
     """Markdown text."""
 
     value: str
 
 
-class TimestampValue(_Metadata, tag="timestamp"):
+class TimestampValue(_Metadata, tag="timestamp", frozen=True):
     """A point in time, in seconds since the Unix epoch (UTC)."""
 
     value: float
@@ -125,7 +125,7 @@ class TableColumn(msgspec.Struct, frozen=True, omit_defaults=True):
     description: str | None = None
 
 
-class TableValue(_Metadata, tag="table"):
+class TableValue(_Metadata, tag="table", frozen=True):
     """A small table: a list of records, optionally with a column schema."""
 
     records: list[dict[str, Any]]
@@ -175,7 +175,7 @@ def metadata_value(value: Any) -> MetadataValue:
             value = value.replace(tzinfo=_dt.timezone.utc)
         return TimestampValue(value.timestamp())
     if isinstance(value, os.PathLike):
-        return PathValue(os.fspath(value))  # type: ignore[arg-type]
+        return PathValue(os.fspath(value))
     if value is None or isinstance(value, dict | list | tuple):
         return JsonValue(value)
     from ._errors import EncodeError
@@ -190,9 +190,14 @@ def metadata_value(value: Any) -> MetadataValue:
 
 
 class Message(
-    msgspec.Struct, frozen=True, tag_field="kind", kw_only=True, omit_defaults=True
+    msgspec.Struct, frozen=True, tag_field="kind", kw_only=True, omit_defaults=True, gc=False
 ):
-    """Base of every message. ``time`` is when the worker reported it (epoch seconds)."""
+    """Base of every message. ``time`` is when the worker reported it (epoch seconds).
+
+    Messages are not tracked by the garbage collector (``gc=False``): they never form
+    reference cycles, and a reader decoding millions of them would otherwise spend
+    most of its time in collections.
+    """
 
     time: float = 0.0
 
@@ -208,14 +213,14 @@ class WriterInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     library: str | None = None
 
 
-class Opened(Message, tag="opened"):
-    """First message of every stream."""
+class Opened(Message, tag="opened", frozen=True):
+    """First message of every stream. (``info``, not ``writer``: event lines use that key.)"""
 
-    writer: WriterInfo
+    info: WriterInfo
     extras: dict[str, Any] = {}
 
 
-class Log(Message, tag="log"):
+class Log(Message, tag="log", frozen=True):
     """A log record."""
 
     message: str
@@ -224,7 +229,7 @@ class Log(Message, tag="log"):
     fields: dict[str, Any] = {}
 
 
-class Materialization(Message, tag="materialization"):
+class Materialization(Message, tag="materialization", frozen=True):
     """An asset was materialized."""
 
     asset_key: str
@@ -232,7 +237,7 @@ class Materialization(Message, tag="materialization"):
     metadata: dict[str, MetadataValue] = {}
 
 
-class Check(Message, tag="check"):
+class Check(Message, tag="check", frozen=True):
     """The result of a data-quality check on an asset."""
 
     asset_key: str
@@ -242,7 +247,7 @@ class Check(Message, tag="check"):
     metadata: dict[str, MetadataValue] = {}
 
 
-class Progress(Message, tag="progress"):
+class Progress(Message, tag="progress", frozen=True):
     """Progress of long work: ``current`` of ``total`` ``unit``."""
 
     current: float
@@ -251,13 +256,13 @@ class Progress(Message, tag="progress"):
     label: str | None = None
 
 
-class Custom(Message, tag="custom"):
+class Custom(Message, tag="custom", frozen=True):
     """Any msgspec-encodable payload."""
 
     payload: Any = None
 
 
-class Output(Message, tag="output"):
+class Output(Message, tag="output", frozen=True):
     """Captured text from a worker's stdout or stderr."""
 
     stream: Literal["stdout", "stderr"]
@@ -295,7 +300,7 @@ class ExceptionInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
         )
 
 
-class Closed(Message, tag="closed"):
+class Closed(Message, tag="closed", frozen=True):
     """Last message of every stream. ``count`` is how many messages came before it."""
 
     count: int = 0
@@ -324,5 +329,6 @@ def known_fields(message: msgspec.Struct) -> frozenset[str]:
 
 
 _FIELDS: dict[type, frozenset[str]] = {
-    t: frozenset((*t.__struct_fields__, "kind")) for t in AnyMessage.__args__  # type: ignore[attr-defined]
+    t: frozenset((*t.__struct_fields__, "kind"))
+    for t in AnyMessage.__args__  # type: ignore[attr-defined]
 }

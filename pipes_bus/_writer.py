@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -54,17 +54,20 @@ class WriterSettings:
     compression: str | None = None
     chunk_bytes: int = 4 * MiB
     linger: float | None = None
-    max_buffer_bytes: int = 64 * MiB
+    max_buffer_bytes: int = 32 * MiB
     on_full: str = "block"
     max_message_bytes: int = 8 * MiB
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if self.encoding not in ("jsonl", "msgpack"):
-            raise ConfigurationError(f"encoding must be 'jsonl' or 'msgpack', not {self.encoding!r}.")
+            raise ConfigurationError(
+                f"encoding must be 'jsonl' or 'msgpack', not {self.encoding!r}."
+            )
         if self.compression not in (None, "gzip", "zlib", "bz2", "lzma"):
             raise ConfigurationError(
-                f"compression must be one of gzip, zlib, bz2, lzma or None, not {self.compression!r}."
+                "compression must be one of gzip, zlib, bz2, lzma or None, "
+                f"not {self.compression!r}."
             )
         if self.on_full not in ("block", "raise"):
             raise ConfigurationError(f"on_full must be 'block' or 'raise', not {self.on_full!r}.")
@@ -73,13 +76,16 @@ class WriterSettings:
 
 
 class _Sealed:
-    __slots__ = ("body", "count", "final", "first")
+    __slots__ = ("body", "count", "final", "first", "size")
 
-    def __init__(self, first: int, count: int, body: bytes | bytearray, final: bool) -> None:
+    def __init__(
+        self, first: int, count: int, body: bytes | bytearray, final: bool, size: int
+    ) -> None:
         self.first = first
         self.count = count
         self.body = body
         self.final = final
+        self.size = size  # bytes it holds of the writer's memory account (``_pending``)
 
 
 class ChunkWriter:
@@ -149,6 +155,9 @@ class ChunkWriter:
                 self._raise_unusable()
             if self._pending >= self.settings.max_buffer_bytes:
                 self._wait_for_room()
+                # The lock was let go while waiting: close() may have sealed the stream.
+                if self._error is not None or self._closing:
+                    self._raise_unusable()
             buf = self._buf
             start = len(buf)
             try:
@@ -176,7 +185,7 @@ class ChunkWriter:
                 self._buf_first = seq
                 self._buf_since = self._clock()
                 self._cond.notify()
-            elif len(buf) >= self.settings.chunk_bytes:
+            if len(buf) >= self.settings.chunk_bytes:
                 self._seal(final=False)
                 self._cond.notify()
             return seq
@@ -199,21 +208,19 @@ class ChunkWriter:
 
         Raises DeliveryError if anything could not be delivered. Closing twice is a no-op.
         """
+        info = (
+            ExceptionInfo.from_exception(exception)
+            if isinstance(exception, BaseException)
+            else exception
+        )
         with self._lock:
             if self._closed or self._closing:
                 if self._error is not None:
                     raise self._error
                 return
-        info = exception
-        if isinstance(exception, BaseException):
-            info = ExceptionInfo.from_exception(exception)
-        with self._lock:
             if self._error is None:
-                message = Closed(time=time.time(), count=self._next_seq, exception=info)  # type: ignore[arg-type]
                 start = len(self._buf)
-                self._encoder.encode_into(message, self._buf, -1)
-                if self._jsonl:
-                    self._buf.append(10)
+                self._encode_closed(info)
                 if start == 0:
                     self._buf_first = self._next_seq
                 self._pending += len(self._buf) - start
@@ -248,16 +255,32 @@ class ChunkWriter:
         return self._published
 
     def __repr__(self) -> str:
-        return f"<ChunkWriter {self.transport.describe(_keys.stream_prefix(self.session, self.writer))}>"
+        where = self.transport.describe(_keys.stream_prefix(self.session, self.writer))
+        return f"<ChunkWriter {where}>"
 
     # --- internals (call with the lock held) --------------------------------------------
+
+    def _encode_closed(self, info: ExceptionInfo | None) -> None:
+        buf = self._buf
+        start = len(buf)
+        message = Closed(time=time.time(), count=self._next_seq, exception=info)
+        try:
+            self._encoder.encode_into(message, buf, -1)
+        except (TypeError, ValueError, msgspec.EncodeError):
+            # Text that cannot be encoded (a lone surrogate from a file name, say) must not
+            # cost the stream its end: send the exception with such characters escaped.
+            del buf[start:]
+            assert info is not None
+            self._encoder.encode_into(
+                msgspec.structs.replace(message, exception=_escaped(info)), buf, -1
+            )
+        if self._jsonl:
+            buf.append(10)
 
     def _raise_unusable(self) -> None:
         if self._error is not None:
             raise self._error
-        raise WriterClosedError(
-            f"Cannot write to {self!r}: it has been closed. Open a new writer."
-        )
+        raise WriterClosedError(f"Cannot write to {self!r}: it has been closed. Open a new writer.")
 
     def _wait_for_room(self) -> None:
         if self.settings.on_full == "raise":
@@ -279,7 +302,7 @@ class ChunkWriter:
         body: bytes | bytearray = self._buf
         if not self._jsonl:
             body = b"\xdd" + count.to_bytes(4, "big") + bytes(body)
-        self._sealed.append(_Sealed(self._buf_first, count, body, final))
+        self._sealed.append(_Sealed(self._buf_first, count, body, final, len(self._buf)))
         self._buf = bytearray()
         self._buf_first = self._next_seq
 
@@ -329,11 +352,11 @@ class ChunkWriter:
                 return
             with self._lock:
                 self._published = sealed.first + sealed.count
-                self._pending -= len(sealed.body)
+                self._pending -= sealed.size
                 self._cond.notify_all()
 
     def _publish(self, sealed: _Sealed) -> None:
-        body = bytes(sealed.body)
+        body = sealed.body  # never mutated after sealing: no copy needed
         for _ in range(_MAX_FOREIGN_SKIPS):
             number = self._next_chunk
             key = _keys.chunk_key(self.session, self.writer, number)
@@ -366,7 +389,7 @@ class ChunkWriter:
         )
 
     def _put(self, key: str, data: bytes) -> bool:
-        """Put-if-absent with retries. True if ``data`` is now at ``key``, False if another object is."""
+        """Put-if-absent with retries: True if ``data`` is now at ``key``, False if another is."""
         for attempt in self.settings.retry.retrying(self._sleep):
             with attempt:
                 try:
@@ -390,3 +413,18 @@ class ChunkWriter:
                     )
                 return existing == data
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _escaped(info: ExceptionInfo) -> ExceptionInfo:
+    """``info`` with every character UTF-8 cannot carry written as an escape."""
+
+    def text(value: str) -> str:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return ExceptionInfo(
+        type=text(info.type),
+        message=text(info.message),
+        stack=[text(line) for line in info.stack],
+        cause=_escaped(info.cause) if info.cause is not None else None,
+        context=_escaped(info.context) if info.context is not None else None,
+    )

@@ -139,8 +139,8 @@ class TransportConformance:
         reader = SessionReader(transport, "sess", discover_interval=0)
         items = list(reader.follow(sleep=lambda _: None))
         assert all(isinstance(i, Event) for i in items)
-        for w in ("w0", "w1"):
-            mine = [i for i in items if isinstance(i, Event) and i.writer == w]
+        for name in ("w0", "w1"):
+            mine = [i for i in items if isinstance(i, Event) and i.writer == name]
             assert [e.seq for e in mine] == list(range(301))
             payloads = [e.message.payload["n"] for e in mine[:-1]]  # type: ignore[union-attr]
             assert payloads == list(range(300))

@@ -76,7 +76,9 @@ class FaultyTransport(Transport):
             self._sleep(plan.delay)
         if op in plan.permanent:
             self._count("permanent")
-            raise PermanentStoreError(f"injected permanent failure: {op} {key}", url=self.url, key=key)
+            raise PermanentStoreError(
+                f"injected permanent failure: {op} {key}", url=self.url, key=key
+            )
         elapsed = self._clock() - self._start
         if any(start <= elapsed < end for start, end in plan.outages):
             self._count("outage")

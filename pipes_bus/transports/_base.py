@@ -98,7 +98,7 @@ class Transport:
         """Remove the object at ``key``; a missing object is not an error."""
         raise NotImplementedError
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections. The default does nothing."""
 
     def describe(self, key: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import Any, ClassVar
@@ -100,8 +101,8 @@ class FileTransport(Transport):
 
     def delete(self, key: str) -> None:
         self.stats.count("delete")
-        with store_errors(url=self.url, key=key, op="delete"):
-            try:
-                os.unlink(self._path(key))
-            except FileNotFoundError:
-                pass
+        with (
+            store_errors(url=self.url, key=key, op="delete"),
+            contextlib.suppress(FileNotFoundError),
+        ):
+            os.unlink(self._path(key))

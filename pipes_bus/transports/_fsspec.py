@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 from .._errors import store_errors, too_large
@@ -18,13 +19,14 @@ class FsspecTransport(Transport):
     built with ``use_listings_cache=False`` and ``skip_instance_cache=True``.
     """
 
+    # Many fsspec backends create by check-then-write; plugins that do better say so.
     capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=False, shared=True, linger=0.25, poll=0.05
+        atomic_create=False, list_after=False, shared=True, linger=0.25, poll=0.05
     )
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         super().__init__(url, **storage_options)
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
 
         options = {"use_listings_cache": False, "skip_instance_cache": True, **storage_options}
         with store_errors(url=url, key=None, op="open"):
@@ -77,8 +79,8 @@ class FsspecTransport(Transport):
 
     def delete(self, key: str) -> None:
         self.stats.count("delete")
-        with store_errors(url=self.url, key=key, op="delete"):
-            try:
-                self.fs.rm_file(self._path(key))
-            except FileNotFoundError:
-                pass
+        with (
+            store_errors(url=self.url, key=key, op="delete"),
+            contextlib.suppress(FileNotFoundError),
+        ):
+            self.fs.rm_file(self._path(key))

@@ -56,8 +56,10 @@ class MemoryTransport(Transport):
         start = base + after if after is not None else base
         names: list[str] = []
         with _LOCK:
-            i = bisect.bisect_right(_KEYS, start) if after is not None else bisect.bisect_left(
-                _KEYS, base
+            i = (
+                bisect.bisect_right(_KEYS, start)
+                if after is not None
+                else bisect.bisect_left(_KEYS, base)
             )
             while i < len(_KEYS) and _KEYS[i].startswith(base):
                 name, slash, _ = _KEYS[i][len(base) :].partition("/")

@@ -38,16 +38,22 @@ _registered: dict[str, type[Transport] | str] = {}
 _hinted: set[str] = set()
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _LOOKS_LIKE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/?[^/]")
+_BARE_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def scheme_of(url: str) -> str:
-    """The URL's scheme in lower case, or '' for a plain path."""
+    """The URL's scheme in lower case, or '' for a plain path.
+
+    For an fsspec chained URL (``simplecache::s3://b/p``) it is the outermost protocol.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"Bus URL {url!r} is empty; give a path or a URL like s3://b/p.")
-    head = url.split("::", 1)[0]
+    head, chained, _ = url.partition("::")
     match = _SCHEME.match(head)
     if match:
         return match.group(1).lower()
+    if chained and _BARE_SCHEME.fullmatch(head):
+        return head.lower()
     if "://" in head or _LOOKS_LIKE_URL.match(head):
         raise ConfigurationError(
             f"Bus URL {url!r} is malformed: expected SCHEME://LOCATION (e.g. s3://bucket/prefix) "
@@ -64,7 +70,10 @@ def register_transport(scheme: str, transport: type[Transport] | str) -> None:
 def _load(target: type[Transport] | str) -> type[Transport]:
     if isinstance(target, str):
         module, _, name = target.partition(":")
-        target = getattr(importlib.import_module(module), name)
+        try:
+            target = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"Cannot load the transport {target!r}: {exc}") from exc
     if not (isinstance(target, type) and issubclass(target, Transport)):
         raise ConfigurationError(f"{target!r} is not a pipes_bus Transport subclass.")
     return target
@@ -92,9 +101,10 @@ def transport_class(url: str) -> type[Transport]:
         return plugin
     if scheme in _BUILTIN:
         return _load(_BUILTIN[scheme])
-    import fsspec.registry
+    # `fsspec.registry` the attribute is a mapping that shadows the module of that name.
+    from fsspec.registry import known_implementations, registry  # type: ignore[import-untyped]
 
-    if scheme in fsspec.registry.known_implementations or scheme in fsspec.registry.registry:
+    if scheme in known_implementations or scheme in registry:
         if scheme in PLUGINS and scheme not in _hinted:
             _hinted.add(scheme)
             warnings.warn(
@@ -104,7 +114,8 @@ def transport_class(url: str) -> type[Transport]:
                 stacklevel=3,
             )
         return _load(_FSSPEC)
-    known = sorted({*_BUILTIN, *_registered, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))} - {""})
+    plugins = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    known = sorted({*_BUILTIN, *_registered, *plugins} - {""})
     hint = f" Install {PLUGINS[scheme]}." if scheme in PLUGINS else ""
     raise UnknownSchemeError(
         f"No transport for {scheme}:// (in {url!r}).{hint} Known here: "
