@@ -203,6 +203,12 @@ _PERMANENT_WORDS = (
     "authenticationfailed",
     "invalid credentials",
     "unauthorized",
+    # botocore's client-side verdicts: no amount of retrying supplies credentials.
+    "nocredentialserror",
+    "partialcredentialserror",
+    "paramvalidationerror",
+    "noregionerror",
+    "invalidconfigerror",
 )
 
 

@@ -19,6 +19,8 @@ from .transports import Transport
 __all__ = ["Event", "SessionCursor", "SessionReader", "StreamCursor", "StreamFault"]
 
 MiB = 1024 * 1024
+# Clock comparisons allow for float rounding: a sleep of exactly (due - now) must be enough.
+_EPSILON = 1e-6
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
@@ -86,7 +88,16 @@ class SessionCursor(msgspec.Struct):
 
 
 class _Stream:
-    __slots__ = ("chunk", "closed", "idle_since", "last", "scanned_at", "seq")
+    __slots__ = (
+        "chunk",
+        "closed",
+        "due",
+        "idle_since",
+        "interval",
+        "last",
+        "scanned_at",
+        "seq",
+    )
 
     def __init__(self, chunk: int = 0, seq: int = 0, closed: bool = False) -> None:
         self.chunk = chunk  # next chunk to read
@@ -95,6 +106,8 @@ class _Stream:
         self.last: Event | None = None
         self.idle_since = 0.0
         self.scanned_at = 0.0
+        self.interval = 0.0  # current probe interval (adaptive, per stream)
+        self.due = 0.0  # when to probe next, on the reader's clock
 
 
 class SessionReader:
@@ -119,9 +132,19 @@ class SessionReader:
         max_chunk_bytes: int = 64 * MiB,
         discover_interval: float = 1.0,
         scan_interval: float = 30.0,
+        schedule: PollSchedule | None = None,
+        idle_rate: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
+        caps = transport.capabilities
+        # Each stream is probed on its own adaptive schedule: fast while data flows,
+        # backing off to `maximum` when idle, and further if needed so that an idle
+        # session costs at most `idle_rate` requests per second, whatever the writers.
+        self.schedule = schedule or PollSchedule(caps.poll, 1.0)
+        self.idle_rate = caps.idle_rate if idle_rate is None else idle_rate
+        self._rotation = 0
+        self._discover_every = self.schedule.minimum
         self.session = _keys.validate_id("session id", session)
         self._key = key
         self.max_chunk_bytes = max_chunk_bytes
@@ -133,6 +156,10 @@ class SessionReader:
         self._discovered_at: float | None = None
         self.last_error: Exception | None = None
         self.behind = False
+        # One poll reads at most about this much before returning (memory stays bounded
+        # however large the messages; `behind` says there is more).
+        self.max_poll_bytes = max(max_chunk_bytes, 32 * MiB)
+        self._poll_bytes = 0
         if cursor is not None:
             if cursor.session != session:
                 raise ConfigurationError(
@@ -167,41 +194,93 @@ class SessionReader:
 
     # --- reading ------------------------------------------------------------------------
 
-    def poll(self, *, discover: bool | None = None, limit: int | None = 65536) -> list[Item]:
+    def poll(
+        self,
+        *,
+        discover: bool | None = None,
+        limit: int | None = 65536,
+        due_only: bool = False,
+    ) -> list[Item]:
         """One pass over the session; everything available now, in order per writer.
 
-        With ``limit``, the pass stops at the first chunk boundary past that many items
-        and :attr:`behind` is True until a pass reads everything there was.
+        By default every open stream is probed, and the session is listed for new
+        writers every ``discover_interval`` (every poll until a writer appears).
+        With ``due_only`` (what :meth:`follow` and sessions use), each stream is probed on
+        its own adaptive schedule and listing backs off too, so an idle session costs at
+        most ``idle_rate`` requests per second. ``discover=True`` lists and probes
+        everything now. With ``limit``, the pass stops at the first chunk boundary past
+        that many items and :attr:`behind` is True until a pass reads everything there was.
         """
         out: list[Item] = []
         self.behind = False
+        self._poll_bytes = 0
         now = self._clock()
+        force = bool(discover) or not due_only
+        every = self._discover_every if due_only else self.discover_interval
         if discover or (
             discover is None
             and (
-                not self._streams  # nobody yet: look every poll (the poll backs off)
-                or self._discovered_at is None
-                or now - self._discovered_at >= self.discover_interval
+                self._discovered_at is None
+                or (not self._streams and not due_only)
+                or now - self._discovered_at + _EPSILON >= every
             )
         ):
-            self.discover(out)
-        for writer, stream in list(self._streams.items()):
-            if stream.closed:
+            found = self.discover(out)
+            self._discover_every = (
+                0.0
+                if self.discover_interval <= 0
+                else self._next_interval(self._discover_every, bool(found), self.discover_interval)
+            )
+        streams = list(self._streams.items())
+        # Start where the last pass stopped, so a busy writer cannot starve the others.
+        self._rotation = (self._rotation + 1) % max(1, len(streams))
+        streams = streams[self._rotation :] + streams[: self._rotation]
+        for writer, stream in streams:
+            if stream.closed or (not force and now + _EPSILON < stream.due):
                 continue
-            if limit is not None and len(out) >= limit:
+            if limit is not None and (len(out) >= limit or self._poll_bytes >= self.max_poll_bytes):
                 self.behind = True
                 break
             before = stream.seq
             self._drain(writer, stream, out, limit)
-            if stream.seq != before:
+            progressed = stream.seq != before
+            stream.interval = self._next_interval(
+                stream.interval, progressed, self.schedule.maximum
+            )
+            stream.due = now + stream.interval
+            if progressed:
                 stream.idle_since = now
-            elif (
-                now - stream.idle_since >= self.scan_interval
-                and now - stream.scanned_at >= self.scan_interval
-            ):
-                stream.scanned_at = now
-                self._scan(writer, stream, out)
+            else:
+                every = (
+                    max(self.scan_interval, 6 * self._idle_ceiling())
+                    if due_only
+                    else (self.scan_interval)
+                )
+                if now - stream.idle_since >= every and now - stream.scanned_at >= every:
+                    stream.scanned_at = now
+                    self._scan(writer, stream, out)
         return out
+
+    def _next_interval(self, current: float, progressed: bool, maximum: float) -> float:
+        s = self.schedule
+        if progressed or current <= 0:
+            return s.minimum
+        return min(max(maximum, self._idle_ceiling()), max(s.minimum, current * s.factor))
+
+    def _idle_ceiling(self) -> float:
+        # An idle session spends at most idle_rate requests per second: about 80% on
+        # probes (one per open stream), the rest on listings and gap scans (see poll).
+        return 1.25 * (len(self.open_writers) + 1) / self.idle_rate
+
+    def wait_time(self) -> float:
+        """Seconds until the next probe or listing is due (0 if one is due now)."""
+        now = self._clock()
+        due = [s.due for s in self._streams.values() if not s.closed]
+        if self._discovered_at is not None:
+            due.append(self._discovered_at + self._discover_every)
+        else:
+            due.append(now)
+        return max(0.0, min(due) - now)
 
     def discover(self, out: list[Item] | None = None) -> list[str]:
         """List the session's streams; return writers not seen before."""
@@ -251,19 +330,20 @@ class SessionReader:
         Stops after a final full pass once ``until()`` is true (checked after each poll),
         or when every discovered writer has closed if ``until`` is None.
         """
-        schedule = schedule or PollSchedule(self.transport.capabilities.poll, 1.0)
+        if schedule is not None:
+            self.schedule = schedule
         while True:
-            batch = self.poll()
+            batch = self.poll(due_only=True)
             yield from batch
             done = until() if until is not None else bool(self._streams) and not self.open_writers
             if done:
                 # A full pass: poll() stops at its item limit, so go on until nothing is left.
                 yield from self.poll(discover=True)
                 while self.behind:
-                    yield from self.poll()
+                    yield from self.poll(discover=True)
                 return
             if not self.behind:
-                sleep(schedule.next(bool(batch)))
+                sleep(self.wait_time())
 
     # --- internals ----------------------------------------------------------------------
 
@@ -279,7 +359,7 @@ class SessionReader:
         self, writer: str, stream: _Stream, out: list[Item], limit: int | None = None
     ) -> None:
         while not stream.closed:
-            if limit is not None and len(out) >= limit:
+            if limit is not None and (len(out) >= limit or self._poll_bytes >= self.max_poll_bytes):
                 self.behind = True
                 return
             key = _keys.chunk_key(self.session, writer, stream.chunk)
@@ -291,6 +371,8 @@ class SessionReader:
                 out.append(StreamFault(writer, key, "too_large", str(exc)))
                 stream.chunk += 1
                 continue
+            if data is not None:
+                self._poll_bytes += len(data)
             if data is None:
                 return
             try:

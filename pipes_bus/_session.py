@@ -404,7 +404,9 @@ class Session:
     ) -> None:
         self.grace = grace
         self.collect = collect
-        self.reader = SessionReader(self.transport, self.id, key=self.key, cursor=cursor)
+        self.reader = SessionReader(
+            self.transport, self.id, key=self.key, cursor=cursor, schedule=poll
+        )
         self.cursor = cursor or SessionCursor(self.id)
         self.result = SessionResult(session=self.id, bus=self.bus)
         self._callbacks: list[Callable[[Event | StreamFault], None]] = []
@@ -492,7 +494,6 @@ class Session:
         self, done: Callable[[], bool] | None, grace: float | None
     ) -> Iterator[list[Event | StreamFault]]:
         grace = self.grace if grace is None else grace
-        schedule = self._poll or PollSchedule(self.transport.capabilities.poll, 1.0)
         finished_at: float | None = None
         while True:
             batch = self._poll_all()
@@ -523,7 +524,9 @@ class Session:
                         yield self._record_all(last)
                     break
             if not self.reader.behind:
-                self._sleep(schedule.next(bool(batch)))
+                # The reader knows when its next probe is due; still look at the
+                # launched work (and other sources) at least every second.
+                self._sleep(min(self.reader.wait_time(), 1.0))
         self._finish()
 
     def wait(
@@ -586,7 +589,7 @@ class Session:
     # --- internals -------------------------------------------------------------------------
 
     def _poll_all(self, *, discover: bool | None = None) -> list[Event | StreamFault]:
-        batch = self.reader.poll(discover=discover)
+        batch = self.reader.poll(discover=discover, due_only=True)
         for source in self.sources:
             batch += source.poll(final=bool(discover))
         return batch

@@ -562,7 +562,8 @@ class TestFollow:
         sleeps: list[float] = []
 
         def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
+            sleeps.append(round(seconds, 6))
+            clock.advance(seconds)
             if len(sleeps) == 3:
                 writer.write(Log(message="1"))
                 writer.flush()
@@ -570,9 +571,42 @@ class TestFollow:
                 writer.close()
 
         schedule = PollSchedule(minimum=0.01, maximum=0.04, factor=2.0)
-        items = list(reader(bus, clock).follow(schedule=schedule, sleep=sleep))
+        r = reader(bus, clock, discover_interval=0.04, idle_rate=1000)
+        items = list(r.follow(schedule=schedule, sleep=sleep))
         assert seqs(items) == [0, 1, 2]
-        assert sleeps == [0.01, 0.02, 0.04, 0.01, 0.02, 0.04, 0.04]
+        # The stream's own schedule: minimum after progress, doubling while idle (listings,
+        # on their own backoff, may make a wait shorter, never longer than the maximum).
+        assert sleeps[:4] == [0.01, 0.02, 0.04, 0.01]
+        assert max(sleeps) == 0.04 and min(sleeps) >= 0.01
+
+    def test_an_idle_session_costs_at_most_idle_rate_requests_per_second(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """Twenty idle writers, followed for ten minutes: at most idle_rate requests a second."""
+        writers = [ChunkWriter(bus, SESSION, f"w{i}") for i in range(20)]
+        for w in writers:
+            w.write(Log(message="hi"))
+            w.flush()
+        minutes = 10
+
+        def until() -> bool:
+            return clock() >= 1000.0 + 60 * minutes
+
+        def sleep(seconds: float) -> None:
+            clock.advance(max(seconds, 1e-6))
+
+        r = SessionReader(bus, SESSION, clock=clock, idle_rate=1.0)
+        items = list(r.follow(until=until, sleep=sleep))
+        assert len(items) == 20
+        before = requests(bus)
+        clock_start = clock()
+        items = list(r.follow(until=lambda: clock() >= clock_start + 60 * minutes, sleep=sleep))
+        assert items == []
+        spent = sum(delta(before, requests(bus)).values())
+        # One final forced pass (a listing plus one probe per writer) comes on top.
+        assert spent <= 60 * minutes * 1.0 + 21
+        for w in writers:
+            w.close()
 
     def test_until_stops_after_a_final_pass(self, bus: MemoryTransport, clock: FakeClock) -> None:
         """When until() turns true, one more full pass picks up what arrived meanwhile."""
@@ -617,12 +651,13 @@ class TestFollow:
         sleeps: list[float] = []
 
         def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
+            sleeps.append(round(seconds, 6))
+            clock.advance(seconds)
             if len(sleeps) == 2:
                 put_chunk(bus, 1, 1, [Closed(count=1)], final=True)
 
-        list(reader(bus, clock).follow(sleep=sleep))
-        assert sleeps == [0.001, 0.0015]
+        list(reader(bus, clock, discover_interval=60).follow(sleep=sleep))
+        assert sleeps[:2] == [0.001, 0.0015]
 
 
 class TestPollSchedule:

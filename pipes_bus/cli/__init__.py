@@ -17,6 +17,7 @@ from .._context import KEY_ENV
 from .._errors import ConfigurationError, PipesBusError
 from .._reader import SessionCursor
 from .._redact import redact
+from .._retry import PollSchedule
 from .._session import (
     BUS_ENV,
     EXIT_INCOMPLETE,
@@ -129,6 +130,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=("auto", "env", "object", "argv"),
         default="auto",
         help="how the context reaches the worker (default auto: env if small, else an object)",
+    )
+    run.add_argument(
+        "--linger",
+        type=float,
+        metavar="SECONDS",
+        help="how long the worker batches messages before publishing a chunk "
+        "(default: the store's, e.g. 0.01 for a directory, 0.25 for S3)",
+    )
+    run.add_argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        help="fastest interval at which each stream is probed while data flows "
+        "(default: the store's). --linger 0.02 --poll 0.02 is the low-latency setting",
     )
     run.add_argument(
         "--sign",
@@ -246,6 +261,8 @@ def _run(args: argparse.Namespace) -> int:
         session_id=args.session_id,
         capture_output=args.capture_output,
         sign=args.sign,
+        writer_settings={"linger": args.linger} if args.linger is not None else None,
+        poll=PollSchedule(minimum=args.poll) if args.poll is not None else None,
         collect=False,
         grace=args.grace,
     )
@@ -302,7 +319,7 @@ def _tail(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"There is no session at {transport.describe(session_id)}.")
     secret = os.environ.get(KEY_ENV)
     key = bytes.fromhex(secret) if secret else None
-    session = Session.attach(transport, session_id, cursor=cursor, key=key)
+    session = Session.attach(transport, session_id, cursor=cursor, key=key, collect=False)
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events, resume=cursor_path is not None) if args.events else None
     view.start(f"following session {session_id} on {bus}")

@@ -17,6 +17,8 @@ class Capabilities:
     ``list_after``: list(after=...) is answered by the store, not filtered client-side.
     ``shared``: other processes (and hosts) see the same objects.
     ``linger`` / ``poll``: default writer linger and fastest reader poll, in seconds.
+    ``idle_rate``: requests per second a reader may spend on a session where nothing
+    happens, whatever its number of writers (idle streams are probed less often).
     """
 
     atomic_create: bool = True
@@ -24,6 +26,7 @@ class Capabilities:
     shared: bool = True
     linger: float = 0.25
     poll: float = 0.05
+    idle_rate: float = 1.0
 
 
 @dataclass

@@ -22,7 +22,12 @@ class MemoryTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=True, shared=False, linger=0.005, poll=0.001
+        atomic_create=True,
+        list_after=True,
+        shared=False,
+        linger=0.005,
+        poll=0.001,
+        idle_rate=1000.0,
     )
 
     def __init__(self, url: str, **storage_options: Any) -> None:

@@ -1,0 +1,52 @@
+"""Run the whole benchmark suite: every ``bench_*.py`` here, one after another.
+
+Options (--quick, --strict, --out) are passed on to each script. Each prints its table
+and writes its JSON, Markdown and PNG results into benchmarks/results/; this script then
+prints one line per script and exits 1 if any of them did.
+
+    python benchmarks/run_all.py            # full sizes (about a few minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # CI smoke run (each script < 20 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
+    p.add_argument("--strict", action="store_true", help="a missed target fails the run too")
+    p.add_argument("--out", metavar="DIR", help="results directory (default: benchmarks/results)")
+    p.add_argument("--only", metavar="NAMES",
+                   help="comma-separated script names without bench_ (e.g. log,e2e)")
+    args = p.parse_args()
+    passed = [f for f in ("--quick", "--strict") if getattr(args, f[2:])]
+    if args.out:
+        passed += ["--out", args.out]
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+    outcomes = []
+    for script in scripts:
+        print(f"=== {script.name} {' '.join(passed)}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, str(script), *passed])
+        outcomes.append((script.name, code, time.perf_counter() - started))
+        print(flush=True)
+    print("=== suite")
+    for name, code, seconds in outcomes:
+        print(f"{name:20} {'ok' if code == 0 else f'FAILED (exit {code})':16} {seconds:6.1f} s")
+    return 1 if any(code for _, code, _ in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The GCS transport (pipes-bus-gcs) against fake-gcs-server, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+
+import aiohttp
+import fsspec.config
+import pytest
+import requests.exceptions
+from gcsfs.retry import HttpError
+from google.auth.exceptions import DefaultCredentialsError, RefreshError
+from pipes_bus_gcs import GCSTransport, classify
+from pipes_bus_gcs._errors import translate
+
+from pipes_bus import (
+    ObjectTooLargeError,
+    PermanentStoreError,
+    TransientStoreError,
+    open_transport,
+)
+from pipes_bus.testing.conformance import TransportConformance
+from pipes_bus.transports import ENTRY_POINT_GROUP
+from tests.servers import RecordingProxy, Server
+
+# gcsfs hands aiohttp an upload body as bytes, and aiohttp warns about bodies over 1 MiB
+# (a ResourceWarning, silent outside tests). Objects that large are not chunks; the
+# conformance suite's 6 MiB round trip makes one.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Sending a large body directly with raw bytes:ResourceWarning"
+)
+
+
+@pytest.fixture
+def proxy(gcs_server: Server) -> Iterator[RecordingProxy]:
+    """A recording proxy in front of fake-gcs-server."""
+    with RecordingProxy(gcs_server.url) as recording:
+        yield recording
+
+
+@pytest.fixture
+def proxied(gcs_url: str, proxy: RecordingProxy) -> Iterator[GCSTransport]:
+    """A GCS transport that reaches the emulator through the recording proxy."""
+    transport = GCSTransport(gcs_url, endpoint_url=proxy.url)
+    yield transport
+    transport.close()
+
+
+class TestGCSConformance(TransportConformance):
+    """The shipped conformance suite, through open_transport and the environment alone."""
+
+    @pytest.fixture
+    def transport(self, gcs_url: str) -> Iterator[GCSTransport]:
+        transport = open_transport(gcs_url)
+        assert isinstance(transport, GCSTransport)
+        yield transport
+        transport.close()
+
+
+class TestRegistration:
+    def test_the_plugin_is_registered_for_gs_and_gcs(self) -> None:
+        """The installed distribution declares gs and gcs in the transports entry-point group."""
+        names = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        assert names["gs"] == names["gcs"] == "pipes_bus_gcs:GCSTransport"
+
+    @pytest.mark.parametrize("scheme", ["gs", "gcs"])
+    def test_open_transport_picks_the_plugin_without_a_hint(
+        self, gcs_url: str, scheme: str
+    ) -> None:
+        """open_transport serves gs:// and gcs:// with GCSTransport, warning about nothing."""
+        url = gcs_url.replace("gs://", f"{scheme}://", 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            transport = open_transport(url)
+        try:
+            assert type(transport) is GCSTransport
+            assert transport.put_if_absent("k", b"v") is True
+            assert transport.get("k") == b"v"
+        finally:
+            transport.close()
+
+    def test_a_fresh_process_needs_only_storage_emulator_host(
+        self, gcs_url: str, gcs_env: dict[str, str]
+    ) -> None:
+        """A new interpreter with only STORAGE_EMULATOR_HOST set reaches the same objects.
+
+        No token (anonymous is the emulator default) and no GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+        (the plugin sets it before gcsfs is imported; without it gcsfs would hang).
+        """
+        with open_transport(gcs_url) as transport:
+            assert transport.put_if_absent("from-parent", b"hello")
+        script = textwrap.dedent(
+            f"""
+            import pipes_bus
+            t = pipes_bus.open_transport({gcs_url!r})
+            assert type(t).__name__ == "GCSTransport", type(t)
+            assert t.get("from-parent") == b"hello"
+            assert t.put_if_absent("from-child", b"hi")
+            t.close()
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GCSFS_", "GOOGLE_"))}
+        env["STORAGE_EMULATOR_HOST"] = gcs_env["STORAGE_EMULATOR_HOST"]
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+        with open_transport(gcs_url) as transport:
+            assert transport.get("from-child") == b"hi"
+
+    def test_fsspec_settings_configure_the_filesystem(
+        self, gcs_url: str, gcs_server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """FSSPEC_GS_* settings (fsspec's config) reach gcsfs: endpoint and token here."""
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+        monkeypatch.setitem(
+            fsspec.config.conf, "gs", {"endpoint_url": gcs_server.url, "token": "anon"}
+        )
+        with GCSTransport(gcs_url) as transport:
+            assert transport.put_if_absent("k", b"v") is True
+            assert transport.get("k") == b"v"
+
+
+class TestExclusiveCreate:
+    @pytest.mark.parametrize("size", [4, 6 * 2**20])
+    def test_a_put_is_one_simple_upload_with_a_generation_precondition(
+        self, proxied: GCSTransport, proxy: RecordingProxy, size: int
+    ) -> None:
+        """put_if_absent is one multipart (not resumable) POST with ifGenerationMatch=0."""
+        assert proxied.put_if_absent("chunk", b"d" * size) is True
+        assert proxy.methods() == ["POST"]
+        assert "uploadType=multipart" in proxy.requests[0].path
+        assert "ifGenerationMatch=0" in proxy.requests[0].path
+        assert proxied.stats.snapshot()["requests"] == {"put": 1}
+        assert proxied.stats.bytes_sent == size
+
+    def test_a_taken_name_is_refused_at_once(
+        self, proxied: GCSTransport, proxy: RecordingProxy
+    ) -> None:
+        """A 412 answer means taken: False after one request, the original bytes kept."""
+        assert proxied.put_if_absent("chunk", b"first") is True
+        proxy.clear()
+        assert proxied.put_if_absent("chunk", b"second") is False
+        assert proxy.methods() == ["POST"]
+        assert proxied.get("chunk") == b"first"
+
+
+class TestFreshReads:
+    def test_a_probe_is_one_get_and_a_later_write_is_seen(
+        self, gcs_url: str, proxied: GCSTransport, proxy: RecordingProxy
+    ) -> None:
+        """Once the bucket is known, a miss costs one GET and is not remembered."""
+        with GCSTransport(gcs_url) as writer:
+            assert writer.put_if_absent("s/00000000000000000000", b"zero")
+            assert proxied.get("s/00000000000000000000") == b"zero"
+            proxy.clear()
+            for _ in range(3):
+                assert proxied.get("s/00000000000000000001") is None
+            assert proxy.methods() == ["GET"] * 3
+            assert writer.put_if_absent("s/00000000000000000001", b"one")
+            assert proxied.get("s/00000000000000000001") == b"one"
+        assert proxy.methods() == ["GET"] * 4
+        assert proxied.stats.snapshot()["requests"] == {"get": 5}
+
+    def test_the_first_miss_checks_the_bucket_once(
+        self, proxied: GCSTransport, proxy: RecordingProxy
+    ) -> None:
+        """A fresh transport's first 404 costs one extra listing; later misses do not."""
+        assert proxied.get("nothing/0") is None
+        assert proxied.get("nothing/1") is None
+        assert proxy.methods() == ["GET", "GET", "GET"]
+        assert "/download/" in proxy.requests[0].path
+        assert "maxResults=1" in proxy.requests[1].path
+        assert proxied.stats.snapshot()["requests"] == {"get": 2, "list": 1}
+
+    def test_max_size_reads_at_most_one_byte_more(
+        self, proxied: GCSTransport, proxy: RecordingProxy
+    ) -> None:
+        """Over max_size: one ranged GET of max_size+1 bytes, ObjectTooLargeError."""
+        assert proxied.put_if_absent("big", b"x" * 200_000)
+        proxy.clear()
+        with pytest.raises(ObjectTooLargeError) as info:
+            proxied.get("big", max_size=1000)
+        assert info.value.size == 200_000  # from Content-Range, not the bytes read
+        assert proxy.methods() == ["GET"]
+        assert proxy.requests[0].headers["range"] == "bytes=0-1000"
+        assert proxied.get("big", max_size=200_000) == b"x" * 200_000
+
+    def test_an_empty_object_reads_back_with_and_without_a_limit(
+        self, proxied: GCSTransport
+    ) -> None:
+        """A zero-byte object is b"" (its ranged read is a 416, taken as empty)."""
+        assert proxied.put_if_absent("empty", b"")
+        assert proxied.get("empty") == b""
+        assert proxied.get("empty", max_size=10) == b""
+
+
+class TestListAfter:
+    def test_list_after_uses_start_offset(
+        self, proxied: GCSTransport, proxy: RecordingProxy
+    ) -> None:
+        """list(after=k) sends startOffset and returns only names after k, folders included."""
+        for n in range(6):
+            assert proxied.put_if_absent(f"s/{n:020d}", b"1")
+        assert proxied.put_if_absent("s/zz/inner", b"1")
+        proxy.clear()
+        assert proxied.list("s", after=f"{3:020d}") == [f"{4:020d}", f"{5:020d}", "zz"]
+        assert proxy.methods() == ["GET"]
+        assert f"startOffset={proxied.prefix}/s/{3:020d}" in proxy.requests[0].path
+
+    def test_a_listing_follows_page_tokens(self, proxied: GCSTransport) -> None:
+        """With small pages, every name still comes back once, sorted."""
+        for n in range(7):
+            assert proxied.put_if_absent(f"s/{n:03d}", b"1")
+            assert proxied.put_if_absent(f"s/d{n}/x", b"1")
+        proxied.page_size = 3  # type: ignore[misc]
+        before = proxied.stats.snapshot()["requests"].get("list", 0)
+        names = proxied.list("s")
+        assert proxied.stats.snapshot()["requests"]["list"] - before > 1
+        assert names == [f"{n:03d}" for n in range(7)] + [f"d{n}" for n in range(7)]
+
+
+class TestErrors:
+    @pytest.mark.parametrize("op", ["put", "get", "list", "delete"])
+    def test_a_missing_bucket_fails_fast_naming_the_url(self, gcs_env: object, op: str) -> None:
+        """Every operation on a missing bucket raises PermanentStoreError at once, naming it."""
+        url = f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/bus"
+        started = time.monotonic()
+        with GCSTransport(url) as transport, pytest.raises(PermanentStoreError) as info:
+            _call(transport, op)
+        assert time.monotonic() - started < 2
+        assert url in str(info.value)
+        assert "does not exist" in str(info.value)
+
+
+def _http(code: int, message: str = "") -> HttpError:
+    return HttpError({"code": code, "message": message})
+
+
+class TestClassifier:
+    @pytest.mark.parametrize(
+        ("error", "verdict"),
+        [
+            (FileExistsError("b/o"), "exists"),
+            (_http(412), "exists"),
+            (FileNotFoundError("b/o"), "missing"),
+            (_http(429, "rateLimitExceeded"), "transient"),
+            (_http(503, "backendError"), "transient"),
+            (_http(500), "transient"),
+            (_http(408), "transient"),
+            (_http(409, "conflict"), "transient"),
+            (requests.exceptions.ProxyError(), "transient"),  # what gcsfs raises for 502
+            (aiohttp.ServerDisconnectedError(), "transient"),
+            (aiohttp.ClientOSError(errno.ECONNRESET, "reset"), "transient"),
+            (asyncio.TimeoutError(), "transient"),
+            (OSError(errno.EBUSY, "busy"), "transient"),
+            (RefreshError("temporary failure"), "transient"),
+            (OSError("Forbidden: b/o\nno permission"), "denied"),
+            (_http(401, "Invalid Credentials"), "denied"),
+            (_http(403), "denied"),
+            (DefaultCredentialsError("Could not automatically determine credentials"), "denied"),
+            (RefreshError("invalid_grant: account not found"), "denied"),
+            (ValueError("Bad Request: b\ninvalid bucket name"), "permanent"),
+            (_http(400, "bad"), "permanent"),
+        ],
+    )
+    def test_classifies_gcs_failures(self, error: BaseException, verdict: str) -> None:
+        """Each failure gcsfs raises gets the verdict the transport acts on."""
+        assert classify(error) == verdict
+
+    def test_transient_failures_become_transient_store_errors(self) -> None:
+        """A 503 left over after gcsfs's retries is TransientStoreError naming the URL."""
+        error = translate(
+            _http(503, "backendError"), url="gs://b/p", bucket="b", key="k", op="read"
+        )
+        assert isinstance(error, TransientStoreError)
+        assert "gs://b/p/k" in str(error)
+
+    def test_denied_is_permanent_and_says_what_to_check(self) -> None:
+        """Refused credentials are PermanentStoreError pointing at the Google settings."""
+        error = translate(
+            OSError("Forbidden: b/o"), url="gs://b/p", bucket="b", key=None, op="list"
+        )
+        assert isinstance(error, PermanentStoreError)
+        assert "gs://b/p" in str(error) and "GOOGLE_APPLICATION_CREDENTIALS" in str(error)
+
+
+def _call(transport: GCSTransport, op: str) -> object:
+    if op == "put":
+        return transport.put_if_absent("k", b"v")
+    if op == "get":
+        return transport.get("k")
+    if op == "list":
+        return transport.list("")
+    return transport.delete("k")

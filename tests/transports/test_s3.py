@@ -1,0 +1,380 @@
+"""The S3 transport (pipes-bus-s3) against moto's S3 server, over real HTTP."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+
+import botocore.exceptions
+import fsspec.config
+import pytest
+from botocore.exceptions import ClientError
+from pipes_bus_s3 import S3Transport, classify
+from pipes_bus_s3._errors import translate
+from s3fs.errors import translate_boto_error
+
+from pipes_bus import (
+    ObjectTooLargeError,
+    PermanentStoreError,
+    TransientStoreError,
+    open_transport,
+)
+from pipes_bus.testing.conformance import TransportConformance
+from pipes_bus.transports import ENTRY_POINT_GROUP
+from tests.servers import Recorded, RecordingProxy, Reply, Server, free_port
+
+_CONFLICT = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict</Code>'
+    b"<Message>A conflicting conditional operation is currently in progress against this "
+    b"resource. Please try again.</Message></Error>"
+)
+
+
+def client_error(code: str, status: int, message: str = "", op: str = "PutObject") -> ClientError:
+    """A botocore ClientError as S3 would produce it."""
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message or code},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        op,
+    )
+
+
+def through_s3fs(error: ClientError) -> BaseException:
+    """The same error after s3fs's own translation (what the transport actually sees)."""
+    return translate_boto_error(error)
+
+
+@pytest.fixture
+def proxy(moto_server: Server) -> Iterator[RecordingProxy]:
+    """A recording proxy in front of moto."""
+    with RecordingProxy(moto_server.url) as recording:
+        yield recording
+
+
+@pytest.fixture
+def proxied(s3_url: str, proxy: RecordingProxy) -> Iterator[S3Transport]:
+    """An S3 transport that reaches moto through the recording proxy."""
+    transport = S3Transport(s3_url, endpoint_url=proxy.url)
+    yield transport
+    transport.close()
+
+
+class TestS3Conformance(TransportConformance):
+    """The shipped conformance suite, through open_transport and the environment alone."""
+
+    @pytest.fixture
+    def transport(self, s3_url: str) -> Iterator[S3Transport]:
+        transport = open_transport(s3_url)
+        assert isinstance(transport, S3Transport)
+        yield transport
+        transport.close()
+
+
+class TestRegistration:
+    def test_the_plugin_is_registered_for_s3_and_s3a(self) -> None:
+        """The installed distribution declares s3 and s3a in the transports entry-point group."""
+        names = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        assert names["s3"] == names["s3a"] == "pipes_bus_s3:S3Transport"
+
+    @pytest.mark.parametrize("scheme", ["s3", "s3a"])
+    def test_open_transport_picks_the_plugin_without_a_hint(self, s3_url: str, scheme: str) -> None:
+        """open_transport serves s3:// and s3a:// with S3Transport, warning about nothing."""
+        url = s3_url.replace("s3://", f"{scheme}://", 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            transport = open_transport(url)
+        try:
+            assert type(transport) is S3Transport
+            assert transport.put_if_absent("k", b"v") is True
+            assert transport.get("k") == b"v"
+        finally:
+            transport.close()
+
+    def test_a_fresh_process_needs_only_its_environment(
+        self, s3_url: str, s3_env: dict[str, str]
+    ) -> None:
+        """A new interpreter with AWS_ENDPOINT_URL_S3 and AWS_* set reaches the same objects."""
+        with open_transport(s3_url) as transport:
+            assert transport.put_if_absent("from-parent", b"hello")
+        script = textwrap.dedent(
+            f"""
+            import pipes_bus
+            t = pipes_bus.open_transport({s3_url!r})
+            assert type(t).__name__ == "S3Transport", type(t)
+            assert t.get("from-parent") == b"hello"
+            assert t.put_if_absent("from-child", b"hi")
+            """
+        )
+        subprocess.run([sys.executable, "-c", script], env=_env(s3_env), check=True, timeout=60)
+        with open_transport(s3_url) as transport:
+            assert transport.get("from-child") == b"hi"
+
+    def test_fsspec_settings_configure_the_filesystem(
+        self, s3_url: str, moto_server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """FSSPEC_S3_* settings (fsspec's config) reach s3fs: here the endpoint."""
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": moto_server.url})
+        with S3Transport(s3_url) as transport:
+            assert transport.put_if_absent("k", b"v") is True
+            assert transport.get("k") == b"v"
+
+
+class TestExclusiveCreate:
+    def test_a_put_is_one_conditional_put(
+        self, proxied: S3Transport, proxy: RecordingProxy
+    ) -> None:
+        """put_if_absent sends exactly one PUT, with If-None-Match: *, and counts it."""
+        assert proxied.put_if_absent("chunk", b"data") is True
+        assert proxy.methods() == ["PUT"]
+        assert proxy.requests[0].headers.get("if-none-match") == "*"
+        assert proxied.stats.snapshot()["requests"] == {"put": 1}
+        assert proxied.stats.bytes_sent == 4
+
+    def test_a_taken_key_is_refused_at_once(
+        self, proxied: S3Transport, proxy: RecordingProxy
+    ) -> None:
+        """A 412 answer means taken: False after one request, the original bytes kept."""
+        assert proxied.put_if_absent("chunk", b"first") is True
+        proxy.clear()
+        assert proxied.put_if_absent("chunk", b"second") is False
+        assert proxy.methods() == ["PUT"]
+        assert proxied.get("chunk") == b"first"
+
+    def test_a_409_conflict_is_retried_until_the_store_decides(
+        self, s3_url: str, moto_server: Server
+    ) -> None:
+        """409 ConditionalRequestConflict is retried (with a pause), not taken as failure."""
+        conflicts = _conflicts(first=2)
+        with RecordingProxy(moto_server.url, inject=conflicts) as proxy:
+            transport = S3Transport(s3_url, endpoint_url=proxy.url)
+            pauses: list[float] = []
+            transport.sleep = pauses.append
+            assert transport.put_if_absent("chunk", b"data") is True
+            transport.close()
+        assert proxy.methods() == ["PUT", "PUT", "PUT"]
+        assert len(pauses) == 2 and all(0 < p < 1 for p in pauses)
+        assert transport.stats.snapshot()["requests"] == {"put": 3}
+
+    def test_conflicts_that_persist_are_a_transient_error(
+        self, s3_url: str, moto_server: Server
+    ) -> None:
+        """After conflict_attempts 409s, put_if_absent raises TransientStoreError naming the key."""
+        with RecordingProxy(moto_server.url, inject=_conflicts(first=100)) as proxy:
+            transport = S3Transport(s3_url, endpoint_url=proxy.url)
+            transport.sleep = lambda _: None
+            with pytest.raises(TransientStoreError) as info:
+                transport.put_if_absent("chunk", b"data")
+            transport.close()
+        assert proxy.methods() == ["PUT"] * S3Transport.conflict_attempts
+        assert f"{s3_url}/chunk" in str(info.value)
+        assert "ConditionalRequestConflict" in str(info.value)
+
+
+class TestFreshReads:
+    def test_a_probe_is_one_get_and_a_later_write_is_seen(
+        self, s3_url: str, proxied: S3Transport, proxy: RecordingProxy
+    ) -> None:
+        """A miss costs one GET and is not remembered: the next GET finds the new object."""
+        with S3Transport(s3_url) as writer:
+            assert writer.put_if_absent("s/00000000000000000000", b"zero")
+            assert proxied.get("s/00000000000000000000") == b"zero"
+            proxy.clear()
+            for _ in range(3):
+                assert proxied.get("s/00000000000000000001") is None
+            assert proxy.methods() == ["GET"] * 3
+            assert writer.put_if_absent("s/00000000000000000001", b"one")
+            assert proxied.get("s/00000000000000000001") == b"one"
+        assert proxy.methods() == ["GET"] * 4
+        assert proxied.stats.snapshot()["requests"] == {"get": 5}
+
+    def test_max_size_refuses_a_large_object_without_reading_it(
+        self, proxied: S3Transport, proxy: RecordingProxy
+    ) -> None:
+        """Over max_size: ObjectTooLargeError with the true size, one GET, body left unread."""
+        assert proxied.put_if_absent("big", b"x" * 2_000_000)
+        proxy.clear()
+        with pytest.raises(ObjectTooLargeError) as info:
+            proxied.get("big", max_size=1000)
+        assert info.value.size == 2_000_000
+        assert proxy.methods() == ["GET"]
+        assert proxied.stats.bytes_received == 0
+
+    def test_an_empty_object_reads_back_with_and_without_a_limit(
+        self, proxied: S3Transport
+    ) -> None:
+        """A zero-byte object is b"" (a ranged read of it would be a 416)."""
+        assert proxied.put_if_absent("empty", b"")
+        assert proxied.get("empty") == b""
+        assert proxied.get("empty", max_size=0) == b""
+
+
+class TestListAfter:
+    KEYS = 1_010
+
+    @pytest.fixture(scope="class")
+    def listed(self, moto_server: Server, s3_bucket: str) -> str:
+        """A location with 1,010 objects and two folders: more than one ListObjectsV2 page."""
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            key="testing", secret="testing", endpoint_url=moto_server.url, skip_instance_cache=True
+        )
+        location = f"{s3_bucket}/many-{uuid.uuid4().hex[:8]}"
+        objects = {f"{location}/{n:020d}": b"1" for n in range(self.KEYS)}
+        objects[f"{location}/folder-a/x"] = b"1"
+        objects[f"{location}/folder-b/y/z"] = b"1"
+        fs.pipe(objects, batch_size=64)
+        return f"s3://{location}"
+
+    def test_a_listing_follows_continuation_pages(self, listed: str, s3_env: object) -> None:
+        """Every name comes back once, sorted, across two pages of 1,000."""
+        with S3Transport(listed) as transport:
+            names = transport.list("")
+            assert transport.stats.snapshot()["requests"] == {"list": 2}
+        assert names == [f"{n:020d}" for n in range(self.KEYS)] + ["folder-a", "folder-b"]
+
+    def test_list_after_starts_at_the_key(self, listed: str, s3_env: object) -> None:
+        """list(after=k) asks the store to start after k: one page for the tail."""
+        with S3Transport(listed) as transport:
+            names = transport.list("", after=f"{1_000:020d}")
+            assert transport.stats.snapshot()["requests"] == {"list": 1}
+        assert names == [f"{n:020d}" for n in range(1_001, self.KEYS)] + ["folder-a", "folder-b"]
+
+    def test_list_after_a_folder_skips_that_folder(self, listed: str, s3_env: object) -> None:
+        """A folder's name sorts like an object's: after "folder-a" comes only "folder-b"."""
+        with S3Transport(listed) as transport:
+            assert transport.list("", after="folder-a") == ["folder-b"]
+            assert transport.list("folder-b") == ["y"]
+
+
+class TestErrors:
+    @pytest.mark.parametrize("op", ["put", "get", "list", "delete"])
+    def test_a_missing_bucket_fails_fast_naming_the_url(self, s3_env: object, op: str) -> None:
+        """Every operation on a missing bucket raises PermanentStoreError at once, naming it."""
+        bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+        url = f"s3://{bucket}/bus"
+        started = time.monotonic()
+        with S3Transport(url) as transport, pytest.raises(PermanentStoreError) as info:
+            _call(transport, op)
+        assert time.monotonic() - started < 2
+        assert url in str(info.value)
+        assert "does not exist" in str(info.value)
+        assert info.value.url == url
+
+    def test_an_unreachable_endpoint_is_transient(
+        self, s3_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Connection refused is a TransientStoreError (retry later), naming the URL."""
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        with S3Transport(s3_url) as transport, pytest.raises(TransientStoreError) as info:
+            transport.get("k")
+        assert s3_url in str(info.value)
+
+    def test_a_url_without_a_bucket_is_a_configuration_error(self, s3_env: object) -> None:
+        """s3:// with no bucket is refused when the transport is built."""
+        from pipes_bus import ConfigurationError
+
+        with pytest.raises(ConfigurationError, match="names no bucket"):
+            S3Transport("s3://")
+
+
+class TestClassifier:
+    @pytest.mark.parametrize(
+        ("error", "verdict"),
+        [
+            (client_error("ConditionalRequestConflict", 409), "conflict"),
+            (through_s3fs(client_error("ConditionalRequestConflict", 409)), "conflict"),
+            (client_error("OperationAborted", 409), "conflict"),
+            (through_s3fs(client_error("PreconditionFailed", 412)), "exists"),
+            (through_s3fs(client_error("SlowDown", 503)), "transient"),
+            (through_s3fs(client_error("ServiceUnavailable", 503)), "transient"),
+            (client_error("InternalError", 500), "transient"),
+            (client_error("503", 503, op="HeadObject"), "transient"),
+            (client_error("Throttling", 400), "transient"),
+            (client_error("RequestTimeout", 400), "transient"),
+            (OSError(errno.EBUSY, "busy"), "transient"),
+            (OSError(errno.ECONNRESET, "reset"), "transient"),
+            (TimeoutError("timed out"), "transient"),
+            (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), "transient"),
+            (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), "transient"),
+            (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), "transient"),
+            (through_s3fs(client_error("NoSuchBucket", 404, op="GetObject")), "missing_bucket"),
+            (through_s3fs(client_error("NoSuchKey", 404, op="GetObject")), "missing_key"),
+            (through_s3fs(client_error("AccessDenied", 403)), "denied"),
+            (through_s3fs(client_error("InvalidAccessKeyId", 403)), "denied"),
+            (through_s3fs(client_error("SignatureDoesNotMatch", 403)), "denied"),
+            (client_error("ExpiredToken", 400), "denied"),
+            (botocore.exceptions.NoCredentialsError(), "denied"),
+            (botocore.exceptions.ProfileNotFound(profile="nope"), "denied"),
+            (botocore.exceptions.ParamValidationError(report="bad bucket name"), "permanent"),
+            (client_error("InvalidArgument", 400), "permanent"),
+        ],
+    )
+    def test_classifies_s3_failures(self, error: BaseException, verdict: str) -> None:
+        """Each S3 failure, raw or as s3fs re-raises it, gets the verdict the transport acts on."""
+        assert classify(error) == verdict
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            through_s3fs(client_error("OperationAborted", 409)),  # s3fs: OSError(EBUSY)
+            through_s3fs(client_error("ConditionalRequestConflict", 409)),  # s3fs: OSError(EIO)
+            OSError(errno.EBUSY, "Device or resource busy"),
+        ],
+    )
+    def test_ebusy_and_409_are_transient_store_errors(self, error: OSError) -> None:
+        """s3fs's OSError for a 409 (EBUSY, or EIO with the 409 as cause) is TransientStoreError."""
+        translated = translate(error, url="s3://b/p", bucket="b", key="k", op="write")
+        assert isinstance(translated, TransientStoreError)
+        assert "s3://b/p/k" in str(translated)
+
+    def test_denied_is_permanent_and_says_what_to_check(self) -> None:
+        """Refused credentials are PermanentStoreError pointing at the AWS settings."""
+        error = through_s3fs(client_error("InvalidAccessKeyId", 403, "The key does not exist"))
+        translated = translate(error, url="s3://b/p", bucket="b", key=None, op="list")
+        assert isinstance(translated, PermanentStoreError)
+        assert "s3://b/p" in str(translated) and "AWS_ACCESS_KEY_ID" in str(translated)
+
+
+def _conflicts(first: int) -> Conflicts:
+    return Conflicts(first)
+
+
+class Conflicts:
+    """Answer the first ``n`` PUTs with 409 ConditionalRequestConflict; forward the rest."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def __call__(self, request: Recorded) -> Reply | None:
+        if request.method != "PUT" or self.left <= 0:
+            return None
+        self.left -= 1
+        return 409, {"Content-Type": "application/xml"}, _CONFLICT
+
+
+def _call(transport: S3Transport, op: str) -> object:
+    if op == "put":
+        return transport.put_if_absent("k", b"v")
+    if op == "get":
+        return transport.get("k")
+    if op == "list":
+        return transport.list("")
+    return transport.delete("k")
+
+
+def _env(variables: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **variables}
