@@ -269,6 +269,9 @@ def _run(args: argparse.Namespace) -> int:
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events) if args.events else None
     cursor = Path(args.cursor) if args.cursor else None
+    # One cheap request before launching anything: a missing bucket or a denied
+    # credential fails here, naming the URL, instead of after the command started.
+    session.transport.list(session.id)
     env = {**os.environ, **session.env}
     try:
         process = subprocess.Popen([*command, *session.args], env=env)

@@ -160,8 +160,8 @@ class PlainView:
         else:
             if not self.quiet:
                 self.line(f"session {result.session}: {summary}")
-                for problem in result.problems()[1:]:
-                    self.line(f"  also: {problem}", "red")
+            for problem in result.problems()[1:]:  # problems are shown even with --quiet
+                self.line(f"  also: {problem}", "red")
             if result.diagnostics and not self.quiet:
                 self.line(result.diagnostics, "dim")
             self.line(f"pipes-bus: {reason}", "bold red")
