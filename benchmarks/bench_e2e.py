@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,11 +117,12 @@ def run_command(argv: list[str], tmp: Path, env: Mapping[str, str], *,
 
 def run_cli(store: Store, workload_args: list[str], tmp: Path, *, events: str | None = None,
             session: str | None = None,
-            on_line: Callable[[bytes, float], None] | None = None) -> CliRun:
-    """``pipes-bus run [--events EVENTS] -- python workload.py WORKLOAD_ARGS`` on ``store``."""
+            on_line: Callable[[bytes, float], None] | None = None,
+            options: Sequence[str] = ()) -> CliRun:
+    """``pipes-bus run [--events EVENTS] [OPTIONS] -- python workload.py WORKLOAD_ARGS``."""
     report = tmp / "worker-report.json"
     report.unlink(missing_ok=True)  # never read an earlier run's report
-    argv = [*pipes_bus_cli(), "run", "--bus", store.url, *store.storage_args(),
+    argv = [*pipes_bus_cli(), "run", "--bus", store.url, *store.storage_args(), *options,
             *(["--events", events] if events else []),
             *(["--session-id", session] if session else []),
             "--", *workload("--report", str(report), *workload_args)]

@@ -311,6 +311,10 @@ class MessageSource:
         """Everything available now. ``final`` is set on the passes after the work exited."""
         raise NotImplementedError
 
+    def wait_time(self) -> float:
+        """Seconds until this source wants to be polled again."""
+        return 1.0
+
     @property
     def writers(self) -> list[str]:
         """Every writer this source has seen."""
@@ -359,6 +363,7 @@ class Session:
         poll: PollSchedule | None = None,
         transport: Transport | None = None,
         sources: Sequence[MessageSource] = (),
+        dagster: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -388,6 +393,18 @@ class Session:
         if self.key is not None:
             self.env[KEY_ENV] = self.key.hex()
         self.sources: list[MessageSource] = list(sources)
+        if dagster:
+            # Unmodified Dagster Pipes workers report into the session too. (Imported here:
+            # _dagster imports this module.)
+            from ._dagster import DagsterPipesSource, dagster_source
+
+            if not any(isinstance(s, DagsterPipesSource) for s in self.sources):
+                self.sources.insert(
+                    0,
+                    dagster_source(
+                        self.transport, self.id, context=self.context, include_stdio=capture_output
+                    ),
+                )
         for source in self.sources:
             self.env.update(source.env())
         self.args: list[str] = list(self.injection.args)
@@ -444,7 +461,9 @@ class Session:
         self.key = key
         self.env = {}
         self.args = []
-        self.sources = []
+        from ._dagster import dagster_source
+
+        self.sources = [dagster_source(transport, self.id, inject=False, cursor=cursor)]
         self._follow_setup(cursor, grace, collect, poll, sleep, clock)
         return self
 
@@ -526,7 +545,8 @@ class Session:
             if not self.reader.behind:
                 # The reader knows when its next probe is due; still look at the
                 # launched work (and other sources) at least every second.
-                self._sleep(min(self.reader.wait_time(), 1.0))
+                waits = [self.reader.wait_time(), *(s.wait_time() for s in self.sources), 1.0]
+                self._sleep(min(waits))
         self._finish()
 
     def wait(

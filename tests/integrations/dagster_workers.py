@@ -41,6 +41,7 @@ def run_dagster_worker(
     has closed. A worker still running after ``timeout`` seconds is killed and the test fails.
     """
     script = write_script(tmp_path, body)
+    session_options.setdefault("dagster", False)  # added below, with include_stdio
     session = Session(bus or str(tmp_path / "bus"), grace=grace, **session_options)
     try:
         source = ensure_dagster_source(session, include_stdio=include_stdio)

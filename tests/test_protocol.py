@@ -1,0 +1,36 @@
+"""The protocol page is enough to write a worker: a stdlib-only worker reports into a session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pipes_bus import IntValue
+from pipes_bus.orchestrator import Session
+
+WORKER = Path(__file__).parents[1] / "docs" / "examples" / "stdlib_worker.py"
+
+
+class TestStdlibWorker:
+    def test_a_worker_written_from_the_spec_reports_into_a_session(self, tmp_path: Path) -> None:
+        """The standard-library worker's stream is read exactly: no faults, every message typed."""
+        session = Session(str(tmp_path / "bus"), context={"asset_keys": ["orders"]}, dagster=False)
+        proc = subprocess.run(
+            [sys.executable, str(WORKER)],
+            env={"PATH": "/usr/bin:/bin", **session.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert not any(line.startswith(("import pipes_bus", "from pipes_bus")) for line in WORKER.read_text().splitlines())
+        result = session.wait(done=lambda: True, grace=0)
+        assert result.ok, result.problems()
+        [writer] = result.writers.values()
+        assert writer.closed and writer.messages == 7
+        assert [e.message.payload for e in result.custom_messages] == [{"n": 0}, {"n": 1}, {"n": 2}]  # type: ignore[union-attr]
+        [mat] = result.materializations
+        assert mat.message.asset_key == "orders"  # type: ignore[union-attr]
+        assert mat.message.metadata == {"rows": IntValue(3)}  # type: ignore[union-attr]
+        assert [e.message.message for e in result.logs] == [f"run {session.id}"]  # type: ignore[union-attr]
