@@ -618,6 +618,10 @@ class _ChunkReader:
         self.next = 1
         self.max_chunk_bytes = max_chunk_bytes
         self.probe_interval = probe_interval
+        # Backs off while nothing comes (Dagster's writers upload every ~11 s at best), so
+        # an idle session's probes here cost at most one request per 30 s.
+        self.interval = probe_interval
+        self.max_interval = max(probe_interval, 30.0)
         self._clock = clock
         self._probed_at: float | None = None
         self.last_error: Exception | None = None
@@ -630,17 +634,23 @@ class _ChunkReader:
         """When the next probe for a chunk is due (clock time)."""
         if self._probed_at is None:
             return self._clock()
-        return self._probed_at + self.probe_interval
+        return self._probed_at + self.interval
 
     def poll(self, out: list[Any], final: bool) -> None:
         now = self._clock()
-        if (
-            not final
-            and self._probed_at is not None
-            and now - self._probed_at < self.probe_interval
-        ):
+        if not final and self._probed_at is not None and now - self._probed_at < self.interval:
             return
         self._probed_at = now
+        before = self.next
+        try:
+            self._read(out, final)
+        finally:
+            found = self.next != before
+            self.interval = (
+                self.probe_interval if found else min(self.max_interval, self.interval * 1.5)
+            )
+
+    def _read(self, out: list[Any], final: bool) -> None:
         while True:
             key = self.key(self.next)
             try:
