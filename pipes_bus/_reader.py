@@ -265,7 +265,11 @@ class SessionReader:
         s = self.schedule
         if progressed or current <= 0:
             return s.minimum
-        return min(max(maximum, self._idle_ceiling()), max(s.minimum, current * s.factor))
+        nxt = max(s.minimum, current * s.factor)
+        if nxt > maximum:
+            # Backed off past the usual maximum: go straight to the idle budget's interval.
+            return max(maximum, self._idle_ceiling())
+        return nxt
 
     def _idle_ceiling(self) -> float:
         # An idle session spends at most idle_rate requests per second: about 80% on

@@ -312,7 +312,7 @@ class ChunkWriter:
         with self._lock:
             while True:
                 if self._sealed:
-                    return self._sealed.popleft()
+                    return self._merge_queued(self._sealed.popleft())
                 if self._buf:
                     age = self._clock() - self._buf_since
                     if self._flush_requested or self._closing or age >= self._linger:
@@ -324,6 +324,22 @@ class ChunkWriter:
                 if self._closing:
                     return None
                 self._cond.wait()
+
+    def _merge_queued(self, sealed: _Sealed) -> _Sealed:
+        # When the store is slower than the linger (high latency, a burst of small seals),
+        # publish what queued up as one chunk: latency stays near one request, not a queue.
+        limit = self.settings.chunk_bytes
+        while self._sealed and len(sealed.body) + len(self._sealed[0].body) <= limit:
+            nxt = self._sealed.popleft()
+            if self._jsonl:
+                body: bytes | bytearray = bytes(sealed.body) + bytes(nxt.body)
+            else:
+                items = bytes(sealed.body[5:]) + bytes(nxt.body[5:])
+                body = b"\xdd" + (sealed.count + nxt.count).to_bytes(4, "big") + items
+            sealed = _Sealed(
+                sealed.first, sealed.count + nxt.count, body, nxt.final, sealed.size + nxt.size
+            )
+        return sealed
 
     def _run(self) -> None:
         while True:

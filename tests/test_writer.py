@@ -265,6 +265,35 @@ class TestFlushing:
         assert got[-1] == (20, Closed(count=20, time=got[-1][1].time))
 
 
+class TestSlowStore:
+    @pytest.mark.parametrize("encoding", ["jsonl", "msgpack"])
+    def test_chunks_queued_behind_a_slow_store_are_published_as_one(
+        self, bus: MemoryTransport, encoding: str
+    ) -> None:
+        """Seals that queue while a put is slow go out merged: fewer chunks, same messages."""
+        gate = threading.Event()
+
+        class Slow(MemoryTransport):
+            def put_if_absent(self, key: str, data: bytes) -> bool:
+                gate.wait(10)
+                return super().put_if_absent(key, data)
+
+        slow = Slow(bus.url)
+        writer = ChunkWriter(slow, SESSION, "w", WriterSettings(linger=3600, encoding=encoding))
+        for i in range(5):
+            writer.write(Custom(payload=i))
+            writer._cond.acquire()
+            writer._seal(final=False)  # five separate seals, as five lingers would make
+            writer._cond.notify_all()
+            writer._cond.release()
+        gate.set()
+        writer.close()
+        chunks = stored_chunks(bus)
+        assert len(chunks) < 6
+        assert messages(read_all(bus))[:5] == [(i, Custom(payload=i)) for i in range(5)]
+        assert len(read_all(bus)) == 6
+
+
 class TestBoundedBuffer:
     """Memory stays bounded when the store is slow."""
 
