@@ -144,6 +144,7 @@ class SessionReader:
         self.schedule = schedule or PollSchedule(caps.poll, 1.0)
         self.idle_rate = caps.idle_rate if idle_rate is None else idle_rate
         self._rotation = 0
+        self._phase = 0.0
         self._discover_every = self.schedule.minimum
         self.session = _keys.validate_id("session id", session)
         self._key = key
@@ -244,10 +245,17 @@ class SessionReader:
             before = stream.seq
             self._drain(writer, stream, out, limit)
             progressed = stream.seq != before
-            stream.interval = self._next_interval(
-                stream.interval, progressed, self.schedule.maximum
-            )
+            previous = stream.interval
+            stream.interval = self._next_interval(previous, progressed, self.schedule.maximum)
             stream.due = now + stream.interval
+            if previous <= self.schedule.maximum < stream.interval:
+                # Entering the idle budget: spread streams' phases, so their probes are
+                # evenly spaced instead of arriving together once per interval.
+                # (A golden-ratio sequence spaces phases evenly, however many streams.)
+                self._phase = (self._phase + 0.6180339887498949) % 1.0
+                stream.due = now + stream.interval * (0.5 + self._phase)
+                # Gap scans (a LIST each) are spread the same way.
+                stream.scanned_at = now + 6 * stream.interval * self._phase
             if progressed:
                 stream.idle_since = now
             else:
@@ -272,9 +280,9 @@ class SessionReader:
         return nxt
 
     def _idle_ceiling(self) -> float:
-        # An idle session spends at most idle_rate requests per second: about 80% on
+        # An idle session spends at most idle_rate requests per second: about 70% on
         # probes (one per open stream), the rest on listings and gap scans (see poll).
-        return 1.25 * (len(self.open_writers) + 1) / self.idle_rate
+        return 1.4 * (len(self.open_writers) + 1) / self.idle_rate
 
     def wait_time(self) -> float:
         """Seconds until the next probe or listing is due (0 if one is due now)."""

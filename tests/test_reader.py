@@ -643,6 +643,27 @@ class TestFollow:
         assert len(items) == 3 * size
         assert seqs(items) == list(range(3 * size))
 
+    def test_idle_probes_are_spread_so_every_minute_stays_under_budget(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """64 idle writers: after backing off, no 60-second window exceeds idle_rate."""
+        writers = [ChunkWriter(bus, SESSION, f"w{i}") for i in range(64)]
+        for w in writers:
+            w.write(Log(message="x"))
+            w.flush()
+        r = SessionReader(bus, SESSION, clock=clock, idle_rate=1.0)
+        start = clock()
+        totals: dict[int, int] = {}
+        while clock() < start + 1200:
+            r.poll(due_only=True)
+            minute = int((clock() - start) // 60)
+            totals.setdefault(minute, bus.stats.total)
+            clock.advance(max(r.wait_time(), 1e-6))
+        counts = [totals[m + 1] - totals[m] for m in range(5, 19)]
+        assert max(counts) <= 60, counts
+        for w in writers:
+            w.close()
+
     def test_default_schedule_starts_at_the_transports_poll(
         self, bus: MemoryTransport, clock: FakeClock
     ) -> None:
