@@ -149,3 +149,19 @@ class Latencies:
                 self.add(event.payload, received)
 
         return on_line
+
+
+def cdf(ms: list[float], sent: int, points: int = 300) -> list[list[float]]:
+    """At most ``points`` [latency ms, share of the messages sent] pairs of a latency CDF.
+
+    Keeps the results files small while a plot still shows the whole distribution
+    (including the messages that never arrived: the curve then ends below 1).
+    """
+    values = sorted(ms)
+    if not values:
+        return []
+    step = max(1, len(values) // points)
+    picks = list(range(0, len(values), step))
+    if picks[-1] != len(values) - 1:
+        picks.append(len(values) - 1)
+    return [[round(values[i], 1), round((i + 1) / max(sent, 1), 5)] for i in picks]

@@ -45,6 +45,7 @@ class ReferenceRun:
     success: bool = False
     payloads: list[Any] = field(default_factory=list)  # get_custom_messages(), in order
     received_at: list[tuple[float, Any]] = field(default_factory=list)  # (time.time(), payload)
+    methods: dict[str, int] = field(default_factory=dict)  # messages handled, by method
     problems: list[str] = field(default_factory=list)  # Dagster's warnings and errors
     worker: dict[str, Any] = field(default_factory=dict)  # the worker's --report
     error: str | None = None
@@ -100,8 +101,12 @@ def run_reference(workload_args: list[str], *, reader: str, tmp: Path,
     original = PipesMessageHandler.handle_message
     received = out.received_at
 
+    methods = out.methods
+
     def timed(self: Any, message: Any) -> None:
-        if isinstance(message, dict) and message.get("method") == "report_custom_message":
+        method = message.get("method") if isinstance(message, dict) else None
+        methods[str(method)] = methods.get(str(method), 0) + 1
+        if method == "report_custom_message":
             received.append((time.time(), (message.get("params") or {}).get("payload")))
         original(self, message)
 

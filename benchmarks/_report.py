@@ -311,7 +311,9 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_gib, 1) if mem_gib else None,
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("pipes-bus", "msgspec", "fsspec")},
+        "versions": {d: _version(d) for d in (
+            "pipes-bus", "msgspec", "fsspec", "s3fs", "gcsfs", "adlfs", "moto", "dagster",
+            "dagster-pipes", "dagster-aws")},
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_pipes_bus_modified": bool(dirty) if dirty is not None else None,
         # Other work on the machine skews timings: the 1-minute load when the script started.

@@ -94,13 +94,13 @@ class CliRun:
 
 def run_command(argv: list[str], tmp: Path, env: Mapping[str, str], *,
                 on_line: Callable[[bytes, float], None] | None = None,
-                report: Path | None = None) -> CliRun:
+                report: Path | None = None, watch_interval: float = 0.05) -> CliRun:
     """Run ``argv``, watching its memory; ``on_line`` gets each stdout line as it arrives."""
     with open(tmp / "stderr.txt", "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE if on_line else subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, **env})
-        watch = ProcessWatch(proc.pid).start()
+        watch = ProcessWatch(proc.pid, interval=watch_interval).start()
         if on_line is not None:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -118,7 +118,7 @@ def run_command(argv: list[str], tmp: Path, env: Mapping[str, str], *,
 def run_cli(store: Store, workload_args: list[str], tmp: Path, *, events: str | None = None,
             session: str | None = None,
             on_line: Callable[[bytes, float], None] | None = None,
-            options: Sequence[str] = ()) -> CliRun:
+            options: Sequence[str] = (), watch_interval: float = 0.05) -> CliRun:
     """``pipes-bus run [--events EVENTS] [OPTIONS] -- python workload.py WORKLOAD_ARGS``."""
     report = tmp / "worker-report.json"
     report.unlink(missing_ok=True)  # never read an earlier run's report
@@ -126,7 +126,8 @@ def run_cli(store: Store, workload_args: list[str], tmp: Path, *, events: str | 
             *(["--events", events] if events else []),
             *(["--session-id", session] if session else []),
             "--", *workload("--report", str(report), *workload_args)]
-    return run_command(argv, tmp, store.env, on_line=on_line, report=report)
+    return run_command(argv, tmp, store.env, on_line=on_line, report=report,
+                       watch_interval=watch_interval)
 
 
 def replay_cli(store: Store, session: str, tmp: Path) -> CliRun:

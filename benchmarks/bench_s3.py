@@ -20,7 +20,9 @@ Scenarios (--only):
              latency p50/p99. The store is reached through a counting proxy, so every
              request (worker and orchestrator, retries included) is counted by kind over
              the steady part of the run and priced at S3 Standard rates ($0.005 per 1k
-             PUT/LIST, $0.0004 per 1k GET): requests/s and $ per hour.
+             PUT/LIST, $0.0004 per 1k GET): requests/s and $ per hour. Run again with
+             --trickle-rtt-ms added to every request by the proxy (moto answers in ~3 ms;
+             real S3 in tens of ms).
              Targets (issue 4): median <= 1 s (default), <= 150 ms (low latency).
   reference-trickle
              The same trickle through Dagster Pipes on S3: the writer with interval=1 and
@@ -29,17 +31,19 @@ Scenarios (--only):
              Dagster reported success.
   idle       Idle sessions of 1, 8 and 64 writers (processes that open a writer and report
              nothing) under ``pipes-bus run`` with default settings, each through its own
-             counting proxy, running in the background while the other scenarios run.
+             counting proxy, running in the background while the other scenarios run
+             (for --idle-seconds: a 64-writer session needs about 220 s to back off fully).
              Requests/s over the last --idle-window seconds before the writers close.
              Target (issue 4): <= 1 request/s once backed off, whatever the writers.
 
---quick shrinks everything (20,000-message burst, 5 s trickles, 1 and 8 idle writers
-over 16 s); size-bound targets then show n/a.
+--quick shrinks everything (10,000-message burst, 3 s trickles, 1 and 8 idle writers
+over 12 s); size-bound targets then show n/a.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -50,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _checks import Latencies, verify_events
+from _checks import Latencies, cdf, verify_events
 from _processes import pipes_bus_cli, workload
 from _proxy import KINDS, CountingProxy, cost
 from _reference import ReferenceRun, run_reference
@@ -58,6 +62,8 @@ from _report import Report, Row, Target, csv, figure, num, parser, percentile, s
 from _stores import BUCKET, Store, open_store, s3_proxied_store
 from bench_e2e import cli_summary, run_cli
 
+# Dagster is an optional benchmark dependency: without it, only pipes_bus is measured.
+HAVE_DAGSTER = all(importlib.util.find_spec(m) for m in ("dagster", "dagster_pipes", "dagster_aws"))
 LOW_LATENCY = ["--linger", "0.02", "--poll", "0.02"]
 PROFILES: dict[str, list[str]] = {"default": [], "low-latency": LOW_LATENCY}
 P50_TARGETS = {"default": 1000.0, "low-latency": 150.0}
@@ -71,6 +77,7 @@ class Settings:
     reference_repeat: int
     trickle_rate: float
     trickle_seconds: float
+    trickle_rtts: list[float]
     reference_trickle_seconds: float
     reference_default_seconds: float
     idle_writers: list[int]
@@ -127,6 +134,8 @@ def burst(s: Settings, tmp: Path) -> list[Row]:
                          "repeat": s.repeat},
                metrics=chosen, problems=problems,
                targets=[Target("errors", "<=", 0, source="issue 4")])
+    if not HAVE_DAGSTER:
+        return [ours]
     refs: list[ReferenceRun] = []
     for _ in range(s.reference_repeat):
         refs.append(run_reference(["burst", "--count", str(n)], reader="s3", tmp=tmp,
@@ -155,10 +164,10 @@ def burst(s: Settings, tmp: Path) -> list[Row]:
 # --- trickle -------------------------------------------------------------------------------
 
 
-def trickle(s: Settings, tmp: Path, profile: str) -> Row:
+def trickle(s: Settings, tmp: Path, profile: str, rtt: float = 0.0) -> Row:
     sent = int(s.trickle_rate * s.trickle_seconds)
     got = Latencies()
-    with s3_proxied_store() as store:
+    with s3_proxied_store(rtt=rtt) as store:
         proxy: CountingProxy = store.proxy
         started = proxy.now()
         run = run_cli(store, ["trickle", "--rate", str(s.trickle_rate),
@@ -171,9 +180,10 @@ def trickle(s: Settings, tmp: Path, profile: str) -> Row:
     problems = run.problems()
     if lost or got.duplicates:
         problems.append(f"{lost} lost, {got.duplicates} duplicated of {sent}")
+    where = f"s3 (moto, +{rtt * 1000:.0f} ms per request)" if rtt else "s3 (moto)"
     return Row(
         "trickle",
-        {"system": "pipes_bus", "store": "s3 (moto)", "setting": profile,
+        {"system": "pipes_bus", "store": where, "rtt_ms": rtt * 1000, "setting": profile,
          "options": " ".join(PROFILES[profile]) or "(defaults)", "rate": s.trickle_rate,
          "seconds": s.trickle_seconds},
         metrics={"sent": sent, "delivered": len(got.seen), "errors": lost + got.duplicates,
@@ -182,7 +192,7 @@ def trickle(s: Settings, tmp: Path, profile: str) -> Row:
         problems=problems,
         targets=[Target("p50_ms", "<=", P50_TARGETS[profile], source="issue 4"),
                  Target("errors", "<=", 0, source="issue 4")],
-        series={"latency_ms": [round(v, 2) for v in got.ms]},
+        series={"latency_cdf": cdf(got.ms, sent)},
     )
 
 
@@ -213,7 +223,7 @@ def reference_trickle(s: Settings, tmp: Path, interval: float | None, seconds: f
         metrics={"sent": sent, "delivered": len(ref.payloads), "lost": sent - len(ref.payloads),
                  "reported_success": ref.success, "wall_s": ref.run_s,
                  "dagster_warnings": ref.problems[:5], **_latency_metrics(got.ms), **rates},
-        series={"latency_ms": [round(v, 2) for v in got.ms]},
+        series={"latency_cdf": cdf(got.ms, sent)},
     )
 
 
@@ -263,13 +273,18 @@ def finish_idle(s: Settings, sessions: list[IdleSession]) -> list[Row]:
         proxy: CountingProxy = x.store.proxy
         end = x.until_t - 1.0
         rates = _rates(proxy, end - s.idle_window, end)
-        # Requests/s in successive 10 s bins, for the plot: watch the backoff happen.
+        # Requests/s averaged over the trailing 60 s (the start: since the session
+        # started), every 5 s, for the plot: watch the backoff happen.
         bins = []
-        t = 0.0
-        while t + 10 <= end:
-            counts, seconds = proxy.window(t, t + 10)
+        t = 5.0
+        while t <= end:
+            counts, seconds = proxy.window(max(0.0, t - 60), t)
             bins.append([round(t, 1), round(sum(counts.values()) / max(seconds, 1e-9), 3)])
-            t += 10
+            t += 5
+        # When the trailing 60 s average went under 1 request/s for good.
+        over = [b[0] for b in bins if b[0] >= 60 and b[1] > 1.0]
+        settled = [b[0] for b in bins if b[0] >= 60 and (not over or b[0] > over[-1])]
+        backed_off_at = settled[0] if settled else None
         text = x.stderr.read_text(errors="replace")
         problems = [] if code == 0 else [f"the idle session exited {code}: "
                                          f"{text.strip().splitlines()[-1:]}"]
@@ -279,10 +294,11 @@ def finish_idle(s: Settings, sessions: list[IdleSession]) -> list[Row]:
                      "idle_s": s.idle_seconds},
             metrics={**rates, "requests_total": proxy.snapshot(),
                      "idle_requests_per_minute": rates["requests_per_s"] * 60,
+                     "under_1_per_s_after_s": backed_off_at,
                      "cli_requests": cli_summary_text(text)},
             problems=problems,
             targets=[Target("requests_per_s", "<=", 1.0, source="issue 4", full_only=True)],
-            series={"rate_10s_bins": bins},
+            series={"rate_60s": bins},
         ))
     return rows
 
@@ -298,34 +314,36 @@ def cli_summary_text(text: str) -> int | None:
 
 def plot(report: Report) -> None:
     lat = [r for r in report.rows if r.scenario in ("trickle", "reference-trickle")
-           and r.series.get("latency_ms")]
+           and r.series.get("latency_cdf")]
     if lat:
         fig, ax = figure("S3 (moto), 100 msg/s: emit-to-delivery latency (CDF)",
-                         "latency (ms, log scale)", "fraction of messages sent")
+                         "latency (ms, log scale)", "fraction of messages sent", size=(9, 6))
         for row in lat:
-            ms = sorted(row.series["latency_ms"])
-            sent = row.metrics.get("sent") or len(ms)
-            p = row.params
-            ax.plot(ms, [(i + 1) / sent for i in range(len(ms))],
-                    label=f"{p['system']} {p['setting']}: p50 {num(row.metrics['p50_ms'])} ms, "
-                          f"{len(ms):,}/{sent:,} delivered")
+            points = row.series["latency_cdf"]
+            m, p = row.metrics, row.params
+            rtt = f" +{p['rtt_ms']:g} ms/request" if p.get("rtt_ms") else ""
+            ax.plot([x for x, _ in points], [y for _, y in points],
+                    linestyle="--" if rtt else "-",
+                    label=f"{p['system']} {p['setting']}{rtt}: p50 {num(m['p50_ms'])} ms, "
+                          f"{m['delivered']:,}/{m['sent']:,} delivered")
         ax.axvline(1000, color="grey", linestyle=":", label="1 s")
-        ax.axvline(150, color="red", linestyle="--", label="150 ms")
+        ax.axvline(150, color="red", linestyle=":", label="150 ms")
         ax.set_xscale("log")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         save_figure(fig, report.path("trickle_latency.png"))
     idle = [r for r in report.rows if r.scenario == "idle"]
     if idle:
-        fig, ax = figure("S3 (moto): requests/s of an idle session (10 s bins)",
+        fig, ax = figure("S3 (moto): requests/s of an idle session (trailing 60 s average)",
                          "seconds since the session started", "requests per second")
         for row in idle:
-            bins = row.series["rate_10s_bins"]
-            ax.step([b[0] for b in bins], [b[1] for b in bins], where="post",
+            bins = row.series["rate_60s"]
+            ax.plot([b[0] for b in bins], [b[1] for b in bins],
                     label=f"{row.params['writers']} writers: "
                           f"{row.metrics['requests_per_s']:.2f} req/s over the last "
                           f"{row.params['window_s']:g} s")
         ax.axhline(1.0, color="red", linestyle="--", label="target: 1 request/s")
-        ax.set_yscale("symlog", linthresh=1)
+        ax.set_yscale("log")
         ax.legend(fontsize=8)
         save_figure(fig, report.path("idle_requests.png"))
     bursts = [r for r in report.rows if r.scenario == "burst"]
@@ -345,7 +363,8 @@ def _size(row: Row) -> str:
     if row.scenario == "idle":
         return f"{p['writers']} writers, last {p['window_s']:g} s of {p['idle_s']:g} s"
     if "rate" in p:
-        return f"{p['rate']:g}/s x {p['seconds']:g} s"
+        extra = f", +{p['rtt_ms']:g} ms/request" if p.get("rtt_ms") else ""
+        return f"{p['rate']:g}/s x {p['seconds']:g} s{extra}"
     return f"{p['messages']:,}"
 
 
@@ -395,50 +414,65 @@ def main() -> int:
     scenarios = ["burst", "trickle", "reference-trickle", "idle"]
     p.add_argument("--only", type=csv(str), default=scenarios,
                    help=f"scenarios, comma-separated (default: {','.join(scenarios)})")
-    p.add_argument("--burst", type=int, help="burst messages (default 1,000,000; quick 20,000)")
+    p.add_argument("--burst", type=int, help="burst messages (default 1,000,000; quick 10,000)")
     p.add_argument("--repeat", type=int, help="pipes_bus burst runs (default 3; quick 1)")
     p.add_argument("--reference-repeat", type=int, help="Dagster Pipes burst runs (default 1)")
-    p.add_argument("--trickle-seconds", type=float, help="default 20; quick 5")
+    p.add_argument("--trickle-seconds", type=float, help="default 15; quick 3")
+    p.add_argument("--trickle-rtt-ms", type=csv(float),
+                   help="also run the trickles with this latency added to every request, "
+                        "like a remote store's round trip (default 0,30; quick 0)")
     p.add_argument("--reference-trickle-seconds", type=float,
-                   help="Dagster Pipes interval=1 trickle (default 60; quick 6)")
+                   help="Dagster Pipes interval=1 trickle (default 60; quick 3)")
     p.add_argument("--reference-default-seconds", type=float,
                    help="Dagster Pipes trickle with defaults (default 30; quick: skipped, 0)")
     p.add_argument("--idle-writers", type=csv(int), help="default 1,8,64; quick 1,8")
-    p.add_argument("--idle-window", type=float, help="seconds measured (default 60; quick 8)")
+    p.add_argument("--idle-window", type=float,
+                   help="seconds measured, at the end (default 150: longer than one probe "
+                        "period of an idle 64-writer session; quick 6)")
     p.add_argument("--idle-seconds", type=float,
-                   help="how long the idle writers stay open (default 200; quick 16)")
+                   help="how long the idle writers stay open (default 250; quick 12)")
     args = p.parse_args()
     q = args.quick
     s = Settings(
         quick=q,
-        burst=args.burst or (20_000 if q else 1_000_000),
+        burst=args.burst or (10_000 if q else 1_000_000),
         repeat=args.repeat or (1 if q else 3),
         reference_repeat=args.reference_repeat or 1,
         trickle_rate=100.0,
-        trickle_seconds=args.trickle_seconds or (5.0 if q else 20.0),
-        reference_trickle_seconds=args.reference_trickle_seconds or (6.0 if q else 60.0),
+        trickle_seconds=args.trickle_seconds or (3.0 if q else 15.0),
+        trickle_rtts=[ms / 1000 for ms in (args.trickle_rtt_ms if args.trickle_rtt_ms is not None
+                                           else ([0] if q else [0, 30]))],
+        reference_trickle_seconds=args.reference_trickle_seconds or (3.0 if q else 60.0),
         reference_default_seconds=(args.reference_default_seconds
                                    if args.reference_default_seconds is not None
                                    else (0.0 if q else 30.0)),
         idle_writers=args.idle_writers or ([1, 8] if q else [1, 8, 64]),
-        idle_window=args.idle_window or (8.0 if q else 60.0),
-        idle_seconds=args.idle_seconds or (16.0 if q else 200.0),
+        idle_window=args.idle_window or (6.0 if q else 150.0),
+        idle_seconds=args.idle_seconds or (12.0 if q else 250.0),
         only=args.only,
     )
     report = Report("s3", "bench_s3: issue 4 on S3 (moto): burst vs Dagster Pipes, trickle, "
                           "idle cost", args)
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
+        # The idle sessions run in the background from the start (64 writers take about
+        # 220 s to back off fully); they are cheap, and every writer has opened before
+        # anything is timed.
+        idle = start_idle(s, stack, tmp) if "idle" in s.only else []
         if "burst" in s.only:
             print("running burst ...", file=sys.stderr, flush=True)
             for row in burst(s, tmp):
                 report.add(row)
-        idle = start_idle(s, stack, tmp) if "idle" in s.only else []
         if "trickle" in s.only:
-            for profile in PROFILES:
-                print(f"running trickle ({profile}) ...", file=sys.stderr, flush=True)
-                report.add(trickle(s, tmp, profile))
-        if "reference-trickle" in s.only:
+            for rtt in s.trickle_rtts:
+                for profile in PROFILES:
+                    print(f"running trickle ({profile}, +{rtt * 1000:g} ms) ...",
+                          file=sys.stderr, flush=True)
+                    report.add(trickle(s, tmp, profile, rtt))
+        if "reference-trickle" in s.only and not HAVE_DAGSTER:
+            print("skipping the Dagster Pipes scenarios: pip install dagster dagster-aws",
+                  file=sys.stderr)
+        elif "reference-trickle" in s.only:
             print("running the reference trickle ...", file=sys.stderr, flush=True)
             report.add(reference_trickle(s, tmp, 1.0, s.reference_trickle_seconds))
             if s.reference_default_seconds > 0:
