@@ -21,6 +21,10 @@ __all__ = ["Event", "SessionCursor", "SessionReader", "StreamCursor", "StreamFau
 MiB = 1024 * 1024
 # Clock comparisons allow for float rounding: a sleep of exactly (due - now) must be enough.
 _EPSILON = 1e-6
+# Seconds one stream may be read for in one pass before the pass returns (and comes straight
+# back): on a slow store, a writer publishing a chunk per round trip would otherwise keep the
+# pass going, and hold every event, until it stopped. Fast stores never reach it.
+_DRAIN_BUDGET = 0.1
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
@@ -243,11 +247,12 @@ class SessionReader:
                 self.behind = True
                 break
             before = stream.seq
-            self._drain(writer, stream, out, limit)
+            cut = self._drain(writer, stream, out, limit)
             progressed = stream.seq != before
             previous = stream.interval
             stream.interval = self._next_interval(previous, progressed, self.schedule.maximum)
-            stream.due = now + stream.interval
+            # Cut short by a limit: more is there now, so the stream stays due.
+            stream.due = now if cut else now + stream.interval
             if previous <= self.schedule.maximum < stream.interval:
                 # Entering the idle budget: spread streams' phases, so their probes are
                 # evenly spaced instead of arriving together once per interval.
@@ -369,11 +374,17 @@ class SessionReader:
 
     def _drain(
         self, writer: str, stream: _Stream, out: list[Item], limit: int | None = None
-    ) -> None:
+    ) -> bool:
+        """Read the stream's chunks in order; True when a limit cut the read short."""
+        started = self._clock()
         while not stream.closed:
-            if limit is not None and (len(out) >= limit or self._poll_bytes >= self.max_poll_bytes):
+            if limit is not None and (
+                len(out) >= limit
+                or self._poll_bytes >= self.max_poll_bytes
+                or self._clock() - started >= _DRAIN_BUDGET
+            ):
                 self.behind = True
-                return
+                return True
             key = _keys.chunk_key(self.session, writer, stream.chunk)
             try:
                 data = self._call(
@@ -383,10 +394,9 @@ class SessionReader:
                 out.append(StreamFault(writer, key, "too_large", str(exc)))
                 stream.chunk += 1
                 continue
-            if data is not None:
-                self._poll_bytes += len(data)
             if data is None:
-                return
+                return False
+            self._poll_bytes += len(data)
             try:
                 chunk = parse_chunk(
                     data,
@@ -438,6 +448,7 @@ class SessionReader:
             stream.chunk += 1
             if header.final:
                 stream.closed = True
+        return False
 
     def _scan(self, writer: str, stream: _Stream, out: list[Item]) -> None:
         """List a stream past its cursor: report strangers, and skip a missing chunk."""

@@ -129,6 +129,30 @@ class TestPolling:
         items = reader(bus, clock).poll()
         assert events(items) == [("w", i, i // 2, Log(message=str(i))) for i in range(10)]
 
+    def test_a_slow_store_returns_events_before_the_writer_stops(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """On a slow store a pass hands over what it has read and stays due for the rest."""
+
+        class SlowGets(FaultyTransport):
+            """Every get takes 40 ms of the reader's clock."""
+
+            def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
+                clock.advance(0.04)
+                return self.inner.get(key, max_size=max_size)
+
+        for n in range(10):
+            put_chunk(bus, n, 2 * n, logs(2 * n, 2))
+        r = reader(SlowGets(bus), clock)
+        first = r.poll(due_only=True)
+        assert seqs(first) == [0, 1, 2, 3, 4, 5]
+        assert r.behind
+        assert r.wait_time() == 0
+        rest = []
+        while r.behind:
+            rest += r.poll(due_only=True)
+        assert seqs(first + rest) == list(range(20))
+
     def test_writers_are_read_independently_in_order(
         self, bus: MemoryTransport, clock: FakeClock
     ) -> None:

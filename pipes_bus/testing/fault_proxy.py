@@ -129,6 +129,12 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's
+                # algorithm waits on the client's delayed ACK (~40 ms per response).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _drop(self) -> None:
                 self.close_connection = True
                 try:
