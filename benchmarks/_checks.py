@@ -41,7 +41,8 @@ class StreamTally:
     after_closed: int = 0
 
 
-def _blocks(path: Path, block: int = 8 << 20) -> Iterator[bytes]:
+def line_blocks(path: Path, block: int = 8 << 20) -> Iterator[bytes]:
+    """The file in blocks of whole lines (a decoder takes many lines at once)."""
     rest = b""
     if not path.exists():
         return
@@ -65,7 +66,7 @@ def verify_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, 
     decoder = msgspec.json.Decoder(_Line)
     streams: dict[str, StreamTally] = {}
     lines = faults = 0
-    for block in _blocks(path):
+    for block in line_blocks(path):
         for e in decoder.decode_lines(block):
             lines += 1
             if e.kind == "fault" or e.writer is None or e.seq is None:

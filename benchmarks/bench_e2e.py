@@ -41,12 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from _checks import line_blocks
 from _processes import ProcessWatch, pipes_bus_cli, workload
 from _report import (
     MiB,
@@ -169,22 +170,6 @@ def _count(counts: bytearray, index: Any) -> bool:
     return True
 
 
-def _lines(path: Path, block: int = 8 << 20) -> Iterator[bytes]:
-    """The file in blocks of whole lines (the decoder takes many lines at once)."""
-    rest = b""
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            if cut:
-                yield data[:cut]
-    if rest:
-        yield rest + b"\n"
-
-
 def check_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, int], list[str]]:
     """Check an ``--events`` file: ``writers`` streams, each opened + ``per_writer`` + closed.
 
@@ -193,7 +178,7 @@ def check_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, i
     decoder = msgspec.json.Decoder(_Line)
     streams: dict[str, _Tally] = {}
     lines = faults = 0
-    for block in _lines(path):
+    for block in line_blocks(path):
         for e in decoder.decode_lines(block):
             lines += 1
             if e.kind == "fault" or e.writer is None or e.seq is None:
