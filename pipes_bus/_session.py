@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import operator
 import os
 import re
 import secrets
@@ -28,12 +30,11 @@ from ._context import (
     encode_params,
 )
 from ._errors import ConfigurationError
-from ._reader import Event, SessionCursor, SessionReader, StreamFault
+from ._reader import Event, SessionCursor, SessionReader, StreamFault, split_custom
 from ._retry import PollSchedule
 from ._schema import (
     Check,
     Closed,
-    Custom,
     ExceptionInfo,
     Log,
     Materialization,
@@ -155,6 +156,8 @@ class AutoContextInjector(ContextInjector):
             return EnvContextInjector(self.inline_limit).inject(context, transport, session)
         return ObjectContextInjector().inject(context, transport, session)
 
+
+_writer_of = operator.attrgetter("writer")
 
 _INJECTORS: dict[str, Callable[[], ContextInjector]] = {
     "auto": AutoContextInjector,
@@ -641,33 +644,31 @@ class Session:
     def _record_all(self, batch: list[Event | StreamFault]) -> list[Event | StreamFault]:
         # Hot path: a worker may send millions of custom messages; count them in bulk.
         result = self.result
-        collect = self.collect
-        customs = result.custom_messages
-        callbacks = self._callbacks
-        last: dict[str, Event] = {}
-        tally: dict[str, int] = {}
-        n_custom = 0
-        for item in batch:
+        customs, others = split_custom(batch)
+        if customs:
+            result.counts["custom"] = result.counts.get("custom", 0) + len(customs)
+            if self.collect:
+                result.custom_messages.extend(customs)
+        for item in others:
             if type(item) is Event:
-                writer = item.writer
-                last[writer] = item
-                tally[writer] = tally.get(writer, 0) + 1
-                if type(item.message) is Custom:
-                    n_custom += 1
-                    if collect:
-                        customs.append(item)
-                else:
-                    self._record(item)
+                self._record(item)
             else:
                 result.faults.append(item)  # type: ignore[arg-type]
-            for callback in callbacks:
-                callback(item)
-        if n_custom:
-            result.counts["custom"] = result.counts.get("custom", 0) + n_custom
-        for writer, n in tally.items():
-            state = self._state(writer)
-            state.messages += n
-            state.last = last[writer]
+        if self._callbacks:
+            for item in batch:
+                for callback in self._callbacks:
+                    callback(item)
+        events = customs if not others else [i for i in batch if isinstance(i, Event)]
+        writers = list(map(_writer_of, events))
+        last = dict(zip(writers, events, strict=True))  # the last event of each writer
+        if len(last) == 1:
+            (writer,) = last
+            self._state(writer).messages += len(events)
+        else:
+            for writer, n in collections.Counter(writers).items():
+                self._state(writer).messages += n
+        for writer, event in last.items():
+            self._state(writer).last = event
         self._last_in_batch = last
         return batch
 

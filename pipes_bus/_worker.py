@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -104,6 +104,8 @@ class Worker:
         self._writer = writer
         self._pid = os.getpid()
         self._inherited = False  # set in a forked child: this handle is the parent's
+        # Every report ends here: the writer's own write() (or a stand-in), bound once.
+        self._emit: Callable[[Message], int] = writer.write if writer else _disabled
         self._closed = False
         self.writer_id = writer.writer if writer else ""
         self.log = logging.getLogger(f"pipes_bus.worker.{self.writer_id or 'disabled'}")
@@ -124,15 +126,11 @@ class Worker:
         """The session id ('' when disabled)."""
         return self.params.session if self.params else ""
 
-    def _emit(self, message: Message) -> int:
-        if self._writer is None:
-            return -1
-        if self._inherited:
-            raise PipesBusError(
-                f"This worker handle belongs to process {self._pid}; call open_worker() in "
-                "this process to get its own writer stream."
-            )
-        return self._writer.write(message)
+    def _refuse(self, message: Message) -> int:
+        raise PipesBusError(
+            f"This worker handle belongs to process {self._pid}; call open_worker() in "
+            "this process to get its own writer stream."
+        )
 
     def report_materialization(
         self,
@@ -405,6 +403,11 @@ def _die_by(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _disabled(message: Message) -> int:
+    """What a worker outside any session does with a report: nothing."""
+    return -1
+
+
 def _close_all_at_exit() -> None:
     with _registry_lock:
         workers = list(_open_workers)
@@ -418,6 +421,8 @@ def _forget_after_fork() -> None:
     # until it does, signals behave as they would without pipes_bus.
     for worker in list(_open_workers):
         worker._inherited = True
+        if worker._writer is not None:
+            worker._emit = worker._refuse
     _open_workers.clear()
     if threading.current_thread() is threading.main_thread():
         _restore_handlers()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,6 +27,7 @@ from pipes_bus import (
 )
 from pipes_bus._chunk import build_chunk, checksum
 from pipes_bus._keys import chunk_key, stream_prefix
+from pipes_bus._reader import split_custom
 from pipes_bus.testing import FaultPlan, FaultyTransport
 from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
@@ -236,6 +238,67 @@ class TestPolling:
         assert faults(r.poll()) == [(f"{SESSION}/streams/bad name", "foreign", None)]
         assert r.poll() == []
         assert r.writers == []
+
+
+class ReadAhead(FaultyTransport):
+    """A memory store that reads like a remote one: the reader fetches ahead."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner)
+        self.capabilities = dataclasses.replace(inner.capabilities, read_ahead=True)  # type: ignore[misc]
+        self.keys: list[str] = []
+
+    def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
+        self.keys.append(key)
+        return self.inner.get(key, max_size=max_size)
+
+
+class TestReadAhead:
+    """Where each request waits on a network, the next chunk is fetched during decoding."""
+
+    def test_every_chunk_is_fetched_once_and_delivered_in_order(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """Read-ahead changes no event, and fetches each key once, plus one probe past the end."""
+        for n in range(6):
+            put_chunk(bus, n, 3 * n, logs(3 * n, 3))
+        store = ReadAhead(bus)
+        r = reader(store, clock, discover_interval=60)
+        r.discover()
+        items = r.poll()
+        assert events(items) == events(reader(bus, clock).poll())
+        assert seqs(items) == list(range(18))
+        assert store.keys == [key(n) for n in range(7)]
+
+    def test_nothing_is_fetched_past_a_final_chunk(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """A stream's last chunk ends its reads: no request for a chunk that cannot exist."""
+        put_chunk(bus, 0, 0, logs(0, 2))
+        put_chunk(bus, 1, 2, logs(2, 2), final=True)
+        store = ReadAhead(bus)
+        r = reader(store, clock, discover_interval=60)
+        r.discover()
+        assert seqs(r.poll()) == [0, 1, 2, 3]
+        assert store.keys == [key(0), key(1)]
+
+    def test_a_pass_cut_short_keeps_its_fetch_for_the_next(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """A pass that stops at its limit leaves the fetched chunk for the next pass to use."""
+        for n in range(4):
+            put_chunk(bus, n, 2 * n, logs(2 * n, 2))
+        store = ReadAhead(bus)
+        r = reader(store, clock, discover_interval=60)
+        r.discover()
+        first = r.poll(limit=2)
+        assert r.behind
+        rest = r.poll(limit=2)
+        while r.behind:
+            rest += r.poll(limit=2)
+        assert seqs(first) == [0, 1]
+        assert seqs(first + rest) == list(range(8))
+        assert store.keys == [key(n) for n in range(5)]
 
 
 class TestFaults:
@@ -473,6 +536,27 @@ class TestFaults:
         faulty = FaultyTransport(bus, FaultPlan(permanent=frozenset({"get"})))
         with pytest.raises(PermanentStoreError, match="injected permanent failure: get"):
             reader(faulty, clock).poll()
+
+
+class TestSplitCustom:
+    """split_custom(): the bulk split every follower makes of a poll's items."""
+
+    @pytest.mark.parametrize("with_fault", [False, True])
+    def test_custom_events_and_the_rest_keep_their_order(self, with_fault: bool) -> None:
+        """Custom-message events on one side, everything else on the other, both in order."""
+        fault = StreamFault("w", key(3), "gap", "lost", (9, 9))
+        batch: list[Item] = [
+            Event("w", 0, 0, Custom(time=1.0, payload=0)),
+            Event("w", 1, 0, Log(message="a")),
+            Event("w", 2, 0, Custom(time=1.0, payload=2)),
+            *([fault] if with_fault else []),
+            Event("v", 0, 0, UnknownMessage("future", {})),
+            Event("v", 1, 0, Custom(time=1.0, payload=4)),
+        ]
+        customs, others = split_custom(batch)
+        assert [e.message.payload for e in customs] == [0, 2, 4]  # type: ignore[union-attr]
+        assert others == [batch[1], *([fault] if with_fault else []), batch[-2]]
+        assert split_custom(customs) == (customs, [])  # type: ignore[arg-type]
 
 
 class TestCursor:

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from .._reader import Event, StreamFault
+from .._reader import Event, StreamFault, split_custom
 from .._schema import Check, Closed, Custom, Log, Materialization, Opened, Output, Progress
 from .._session import SessionResult
 
@@ -58,13 +58,8 @@ class PlainView:
 
     def batch(self, batch: list[Event | StreamFault]) -> None:
         """Show a poll's worth of items; custom messages are only counted."""
-        event = self.event
-        customs = 0
-        for item in batch:
-            if type(item) is Event and type(item.message) is Custom:
-                customs += 1
-            else:
-                event(item)
+        for item in split_custom(batch)[1]:
+            self.event(item)
         self.count += len(batch)
 
     def event(self, item: Event | StreamFault) -> None:

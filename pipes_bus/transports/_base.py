@@ -19,6 +19,8 @@ class Capabilities:
     ``linger`` / ``poll``: default writer linger and fastest reader poll, in seconds.
     ``idle_rate``: requests per second a reader may spend on a session where nothing
     happens, whatever its number of writers (idle streams are probed less often).
+    ``read_ahead``: a reader fetches a stream's next chunk while it decodes the current one
+    (worth a thread where each request waits on a network; not for local stores).
     """
 
     atomic_create: bool = True
@@ -27,6 +29,7 @@ class Capabilities:
     linger: float = 0.25
     poll: float = 0.05
     idle_rate: float = 1.0
+    read_ahead: bool = True
 
 
 @dataclass

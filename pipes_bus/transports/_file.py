@@ -36,7 +36,13 @@ class FileTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("file", "local", "")
     capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=False, shared=True, linger=0.01, poll=0.005, idle_rate=50.0
+        atomic_create=True,
+        list_after=False,
+        shared=True,
+        linger=0.01,
+        poll=0.005,
+        idle_rate=50.0,
+        read_ahead=False,
     )
 
     def __init__(self, url: str, *, fsync: bool = True, **storage_options: Any) -> None:

@@ -28,6 +28,7 @@ class MemoryTransport(Transport):
         linger=0.005,
         poll=0.001,
         idle_rate=1000.0,
+        read_ahead=False,
     )
 
     def __init__(self, url: str, **storage_options: Any) -> None:
