@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _checks import line_blocks
+from _checks import Latencies, line_blocks
 from _processes import ProcessWatch, pipes_bus_cli, workload
 from _report import (
     MiB,
@@ -287,29 +287,12 @@ def burst(s: Settings, store: Store, tmp: Path) -> list[Row]:
     )]
 
 
-class _Latencies:
-    """Emit-to-receipt latency of trickle messages, and which ones arrived."""
-
-    def __init__(self) -> None:
-        self.ms: list[float] = []
-        self.seen: set[int] = set()
-        self.duplicates = 0
-
-    def add(self, payload: Any, received: float) -> None:
-        if not isinstance(payload, dict) or "t" not in payload:
-            return
-        if payload["i"] in self.seen:
-            self.duplicates += 1
-        self.seen.add(payload["i"])
-        self.ms.append((received - payload["t"]) * 1000)
-
-
 def trickle(s: Settings, store: Store, tmp: Path) -> list[Row]:
     sent = int(s.trickle_rate * s.trickle_seconds)
     args = ["trickle", "--rate", str(s.trickle_rate), "--seconds", str(s.trickle_seconds)]
-    runs: list[tuple[str, str, _Latencies, list[str], int | None]] = []
+    runs: list[tuple[str, str, Latencies, list[str], int | None]] = []
     if "cli" in s.trickle_via:
-        got = _Latencies()
+        got = Latencies()
         decoder = msgspec.json.Decoder(_Line)
 
         def on_line(line: bytes, received: float) -> None:
@@ -324,9 +307,9 @@ def trickle(s: Settings, store: Store, tmp: Path) -> list[Row]:
         from pipes_bus.orchestrator import run_subprocess
 
         for profile in s.profiles:
-            got = _Latencies()
+            got = Latencies()
 
-            def on_event(item: Any, got: _Latencies = got) -> None:
+            def on_event(item: Any, got: Latencies = got) -> None:
                 received = time.time()
                 if type(item) is Event and type(item.message) is Custom:
                     got.add(item.message.payload, received)

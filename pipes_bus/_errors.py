@@ -103,16 +103,16 @@ class ObjectTooLargeError(PermanentStoreError):
         super().__init__(message, url=url, key=key)
         self.size = size
 
-
-def too_large(url: str, key: str, size: int, limit: int) -> ObjectTooLargeError:
-    """The error for an object over a size limit."""
-    return ObjectTooLargeError(
-        f"{url.rstrip('/')}/{key} is {size} bytes, over the {limit}-byte limit; "
-        "it was not read. Raise max_chunk_bytes if such chunks are expected.",
-        url=url,
-        key=key,
-        size=size,
-    )
+    @classmethod
+    def over_limit(cls, url: str, key: str, size: int, limit: int) -> ObjectTooLargeError:
+        """The error a transport raises for ``key`` at ``url``, ``size`` bytes over ``limit``."""
+        return cls(
+            f"{url.rstrip('/')}/{key} is {size} bytes, over the {limit}-byte limit; "
+            "it was not read. Raise max_chunk_bytes if such chunks are expected.",
+            url=url,
+            key=key,
+            size=size,
+        )
 
 
 class DeliveryError(PipesBusError):

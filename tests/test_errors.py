@@ -24,7 +24,7 @@ from pipes_bus import (
     UnknownSchemeError,
     WriterClosedError,
 )
-from pipes_bus._errors import is_transient, store_errors, too_large, translate_store_error
+from pipes_bus._errors import is_transient, store_errors, translate_store_error
 
 
 def foreign_error(module: str, name: str, message: str = "", **attrs: Any) -> Exception:
@@ -102,8 +102,8 @@ class TestErrorTree:
         assert DeliveryError("x").undelivered == 0
 
     def test_too_large_names_the_object_and_the_limit(self) -> None:
-        """too_large() says which object, its size, the limit, and what to change."""
-        error = too_large("memory://bus/", "s/streams/w/1", 2000, 1000)
+        """ObjectTooLargeError.over_limit() says which object, its size, the limit, what to do."""
+        error = ObjectTooLargeError.over_limit("memory://bus/", "s/streams/w/1", 2000, 1000)
         assert str(error) == (
             "memory://bus/s/streams/w/1 is 2000 bytes, over the 1000-byte limit; it was not "
             "read. Raise max_chunk_bytes if such chunks are expected."

@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any, ClassVar
 
-from .._errors import ConfigurationError, store_errors, too_large
+from .._errors import ConfigurationError, ObjectTooLargeError, store_errors
 from ._base import Capabilities, Transport
 
 __all__ = ["FileTransport"]
@@ -90,7 +90,7 @@ class FileTransport(Transport):
                     size = os.fstat(f.fileno()).st_size
                     if size > max_size:
                         self.stats.count("get")
-                        raise too_large(self.url, key, size, max_size)
+                        raise ObjectTooLargeError.over_limit(self.url, key, size, max_size)
                 data = f.read()
         self.stats.count("get", received=len(data))
         return data

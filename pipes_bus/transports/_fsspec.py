@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ClassVar
 
-from .._errors import store_errors, too_large
+from .._errors import ObjectTooLargeError, store_errors
 from ._base import Capabilities, Transport
 
 __all__ = ["FsspecTransport"]
@@ -57,7 +57,7 @@ class FsspecTransport(Transport):
                 return None
         self.stats.count("get", received=len(data))
         if max_size is not None and len(data) > max_size:
-            raise too_large(self.url, key, len(data), max_size)
+            raise ObjectTooLargeError.over_limit(self.url, key, len(data), max_size)
         return bytes(data)
 
     def list(self, prefix: str, *, after: str | None = None) -> list[str]:

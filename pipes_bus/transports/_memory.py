@@ -6,7 +6,7 @@ import bisect
 import threading
 from typing import Any, ClassVar
 
-from .._errors import too_large
+from .._errors import ObjectTooLargeError
 from ._base import Capabilities, Transport
 
 __all__ = ["MemoryTransport"]
@@ -53,7 +53,7 @@ class MemoryTransport(Transport):
         data = _STORE.get(self._path(key))
         self.stats.count("get", received=len(data) if data else 0)
         if data is not None and max_size is not None and len(data) > max_size:
-            raise too_large(self.url, key, len(data), max_size)
+            raise ObjectTooLargeError.over_limit(self.url, key, len(data), max_size)
         return data
 
     def list(self, prefix: str, *, after: str | None = None) -> list[str]:

@@ -134,14 +134,8 @@ class GCSTransport(Transport):
             raise self._error(exc, key, "read") from exc
         self.stats.count("get", received=len(data) if data is not None else 0)
         self._bucket_exists = True
-        if data is None:
-            raise ObjectTooLargeError(
-                f"{self.describe(key)} is {size} bytes, over the {max_size}-byte limit; it "
-                "was not read. Raise max_chunk_bytes if such chunks are expected.",
-                url=self.url,
-                key=key,
-                size=size,
-            )
+        if data is None:  # only ever with a max_size: the object is over it
+            raise ObjectTooLargeError.over_limit(self.url, key, size, max_size or 0)
         return data
 
     async def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
