@@ -218,23 +218,27 @@ class TestFreshReads:
         assert proxied.get("empty", max_size=0) == b""
 
 
+LISTED_KEYS = 1_010
+
+
+@pytest.fixture(scope="module")
+def listed(moto_server: Server, s3_bucket: str) -> str:
+    """A location with 1,010 objects and two folders: more than one ListObjectsV2 page."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key="testing", secret="testing", endpoint_url=moto_server.url, skip_instance_cache=True
+    )
+    location = f"{s3_bucket}/many-{uuid.uuid4().hex[:8]}"
+    objects = {f"{location}/{n:020d}": b"1" for n in range(LISTED_KEYS)}
+    objects[f"{location}/folder-a/x"] = b"1"
+    objects[f"{location}/folder-b/y/z"] = b"1"
+    fs.pipe(objects, batch_size=64)
+    return f"s3://{location}"
+
+
 class TestListAfter:
-    KEYS = 1_010
-
-    @pytest.fixture(scope="class")
-    def listed(self, moto_server: Server, s3_bucket: str) -> str:
-        """A location with 1,010 objects and two folders: more than one ListObjectsV2 page."""
-        import s3fs
-
-        fs = s3fs.S3FileSystem(
-            key="testing", secret="testing", endpoint_url=moto_server.url, skip_instance_cache=True
-        )
-        location = f"{s3_bucket}/many-{uuid.uuid4().hex[:8]}"
-        objects = {f"{location}/{n:020d}": b"1" for n in range(self.KEYS)}
-        objects[f"{location}/folder-a/x"] = b"1"
-        objects[f"{location}/folder-b/y/z"] = b"1"
-        fs.pipe(objects, batch_size=64)
-        return f"s3://{location}"
+    KEYS = LISTED_KEYS
 
     def test_a_listing_follows_continuation_pages(self, listed: str, s3_env: object) -> None:
         """Every name comes back once, sorted, across two pages of 1,000."""
