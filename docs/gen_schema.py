@@ -8,6 +8,7 @@ tests/test_docs.py fails when the committed file differs from what this script w
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -53,9 +54,30 @@ def build() -> dict[str, Any]:
     }
 
 
+def _normalized(value: Any) -> Any:
+    """``value`` with every description in one form, whatever wrote it.
+
+    msgspec takes descriptions from docstrings, which Python 3.13 dedents when it compiles
+    them and earlier versions leave indented (and msgspec versions differ in what they do
+    with that): cleaning every description the same way makes the file identical on every
+    supported Python and msgspec. For the same reason, alternatives (``anyOf``) are sorted.
+    """
+    if isinstance(value, dict):
+        out = {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _normalized(v)
+            for k, v in value.items()
+        }
+        if isinstance(out.get("anyOf"), list):  # alternatives in one order, whoever wrote them
+            out["anyOf"] = sorted(out["anyOf"], key=lambda x: json.dumps(x, sort_keys=True))
+        return out
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
 def render() -> str:
     """The file's exact text."""
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(_normalized(build()), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 
 
 def main(argv: list[str]) -> int:

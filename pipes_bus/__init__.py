@@ -24,6 +24,7 @@ from ._errors import (
     StoreError,
     TransientStoreError,
     UnknownSchemeError,
+    UnreadableObjectError,
     WriterClosedError,
 )
 from ._reader import Event, SessionCursor, SessionReader, StreamCursor, StreamFault
@@ -116,6 +117,7 @@ __all__ = [
     "Transport",
     "UnknownMessage",
     "UnknownSchemeError",
+    "UnreadableObjectError",
     "UrlValue",
     "Worker",
     "WorkerTerminated",

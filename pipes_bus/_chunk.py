@@ -33,17 +33,25 @@ from typing import Any, Literal
 
 import msgspec
 
+from ._limits import MAX_NESTING, json_too_deep, value_too_deep
 from ._schema import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     PROTOCOL_VERSION,
     AnyMessage,
+    Check,
+    Custom,
+    JsonValue,
+    Log,
+    Materialization,
     Message,
+    Opened,
+    TableValue,
     UnknownMessage,
     known_fields,
 )
 
-__all__ = ["FORMAT", "ChunkHeader", "DecodedChunk", "build_chunk", "parse_chunk"]
+__all__ = ["FORMAT", "BadMessage", "ChunkHeader", "DecodedChunk", "build_chunk", "parse_chunk"]
 
 FORMAT = "pipes-bus-chunk"
 MAX_HEADER_BYTES = 64 * 1024
@@ -180,16 +188,28 @@ class ChunkProblem(Exception):
         self.header = header
 
 
+class BadMessage(msgspec.Struct, frozen=True):
+    """A message of an intact chunk that cannot be delivered: not JSON, not a message
+    object, invalid fields, or nested too deep. ``detail`` says which."""
+
+    detail: str
+
+
 class DecodedChunk(msgspec.Struct, frozen=True):
-    """A checked chunk: its header, its messages, and any unknown fields by position."""
+    """A checked chunk: its header, its messages, and any unknown fields by position.
+
+    ``bad`` holds the positions of :class:`BadMessage` items among ``messages``.
+    """
 
     header: ChunkHeader
-    messages: list[Message | UnknownMessage]
+    messages: list[Message | UnknownMessage | BadMessage]
     unknown_fields: dict[int, dict[str, Any]] | None = None
+    bad: tuple[int, ...] = ()
 
 
-# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string.
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a string;
+# RecursionError for nesting deeper than the interpreter's stack allows.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _JSON_DECODER = msgspec.json.Decoder(AnyMessage)
 _JSON_ANY = msgspec.json.Decoder()
 _MSGPACK_DECODER = msgspec.msgpack.Decoder(list[AnyMessage])
@@ -250,11 +270,19 @@ def parse_chunk(
     """
     header, line, body = parse_header(data)
     major, minor = _version(header.protocol)
-    if major != PROTOCOL_MAJOR:
+    if major > PROTOCOL_MAJOR:
         raise ChunkProblem(
-            "newer_protocol" if major > PROTOCOL_MAJOR else "corrupt",
+            "newer_protocol",
             f"the chunk uses protocol {header.protocol}; this reader speaks "
             f"{PROTOCOL_VERSION}. Upgrade pipes_bus on the orchestrator side.",
+            header,
+        )
+    if major != PROTOCOL_MAJOR:
+        raise ChunkProblem(
+            "corrupt",
+            f"the chunk claims protocol {header.protocol!r}, which no pipes_bus of major "
+            f"version {PROTOCOL_MAJOR} writes; it was written by an older pipes_bus, or it "
+            "is damaged. Read it with a pipes_bus of its own major version.",
             header,
         )
     if len(body) < header.size:
@@ -312,7 +340,9 @@ def _version(text: str) -> tuple[int, int]:
 
 
 def _decode_jsonl(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedChunk:
-    if not newer:
+    # The quick nesting test counts brackets inside strings too: a chunk it flags is
+    # decoded line by line, where each line gets the exact test.
+    if not newer and not json_too_deep(body, exact=False):
         try:
             messages: list[Any] = _JSON_DECODER.decode_lines(body)
         except _DECODE_ERRORS:
@@ -324,7 +354,16 @@ def _decode_jsonl(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedCh
     if lines and lines[-1] == b"":
         lines.pop()
     _check_count(header, len(lines))
-    return _decode_each(header, [_try_json(line) for line in lines], newer)
+    raws: list[Any] = []
+    for line in lines:
+        if json_too_deep(line):
+            raws.append(_TOO_DEEP)
+            continue
+        try:
+            raws.append(_JSON_ANY.decode(line))
+        except _DECODE_ERRORS as exc:
+            raws.append(BadMessage(f"it is not valid JSON ({_reason(exc)})"))
+    return _decode_each(header, raws, newer)
 
 
 def _decode_msgpack(header: ChunkHeader, body: bytes, *, newer: bool) -> DecodedChunk:
@@ -335,15 +374,122 @@ def _decode_msgpack(header: ChunkHeader, body: bytes, *, newer: bool) -> Decoded
             pass
         else:
             _check_count(header, len(messages))
-            return DecodedChunk(header, messages)
-    try:
-        raw = _MSGPACK_ANY.decode(body)
-    except _DECODE_ERRORS as exc:
-        raise ChunkProblem("corrupt", f"the body is not valid MessagePack: {exc}", header) from None
-    if not isinstance(raw, list):
+            if len(body) <= MAX_NESTING or not any(map(_message_too_deep, messages)):
+                return DecodedChunk(header, messages)
+    if not body or not (0x90 <= body[0] <= 0x9F or body[0] in (0xDC, 0xDD)):
         raise ChunkProblem("corrupt", "the body is not a MessagePack array", header)
-    _check_count(header, len(raw))
-    return _decode_each(header, raw, newer)
+    try:
+        spans = _msgpack_items(body)
+    except ValueError as exc:
+        raise ChunkProblem("corrupt", f"the body is not valid MessagePack: {exc}", header) from None
+    _check_count(header, len(spans))
+    raws: list[Any] = []
+    for start, end, deep in spans:
+        if deep:
+            raws.append(_TOO_DEEP)
+            continue
+        try:
+            raws.append(_MSGPACK_ANY.decode(body[start:end]))
+        except _DECODE_ERRORS as exc:
+            raws.append(BadMessage(f"it is not valid MessagePack ({_reason(exc)})"))
+    return _decode_each(header, raws, newer)
+
+
+# MessagePack first bytes: how many bytes of length follow, or the fixed size that follows.
+_MSGPACK_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4}
+_MSGPACK_FIXED.update({0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8})
+_MSGPACK_FIXED.update({0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17})  # fixext: type + data
+_MSGPACK_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin, str: length
+_MSGPACK_EXT = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # ext: length, then a type byte
+_MSGPACK_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def _msgpack_items(body: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, too deep) of each item of a MessagePack array, walked without recursion
+    (so no nesting, however deep, can exhaust the stack)."""
+    head = body[0]
+    if 0x90 <= head <= 0x9F:
+        count, pos = head & 0x0F, 1
+    else:
+        width = 2 if head == 0xDC else 4
+        count, pos = int.from_bytes(body[1 : 1 + width], "big"), 1 + width
+    spans = []
+    for _ in range(count):
+        start = pos
+        pending = [1]  # items still to read at each open level
+        deepest = 0
+        while pending:
+            if pending[-1] == 0:
+                pending.pop()
+                continue
+            pending[-1] -= 1
+            if pos >= len(body):
+                raise ValueError("the body ends inside an item")
+            byte = body[pos]
+            pos += 1
+            children = 0
+            if byte <= 0x7F or byte >= 0xE0:
+                pass
+            elif byte <= 0x8F:
+                children = 2 * (byte & 0x0F)
+            elif byte <= 0x9F:
+                children = byte & 0x0F
+            elif byte <= 0xBF:
+                pos += byte & 0x1F
+            elif byte in _MSGPACK_FIXED:
+                pos += _MSGPACK_FIXED[byte]
+            elif byte in _MSGPACK_SIZED:
+                width = _MSGPACK_SIZED[byte]
+                pos += width + int.from_bytes(body[pos : pos + width], "big")
+            elif byte in _MSGPACK_EXT:
+                width = _MSGPACK_EXT[byte]
+                pos += width + 1 + int.from_bytes(body[pos : pos + width], "big")
+            elif byte in _MSGPACK_CONTAINERS:
+                width, per = _MSGPACK_CONTAINERS[byte]
+                children = per * int.from_bytes(body[pos : pos + width], "big")
+                pos += width
+            else:
+                raise ValueError(f"byte 0x{byte:02x} at {pos - 1} starts no MessagePack value")
+            if 0x80 <= byte <= 0x9F or byte in _MSGPACK_CONTAINERS:
+                pending.append(children)
+                deepest = max(deepest, len(pending) - 1)
+        if pos > len(body):
+            raise ValueError("the body ends inside an item")
+        spans.append((start, pos, deepest > MAX_NESTING))
+    if pos != len(body):
+        raise ValueError(f"{len(body) - pos} bytes follow the last item")
+    return spans
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return f"nested deeper than {MAX_NESTING} levels"
+    return str(exc)
+
+
+_TOO_DEEP = BadMessage(f"it is nested deeper than {MAX_NESTING} levels of arrays and objects")
+
+
+def _message_too_deep(message: Any) -> bool:
+    """Whether a decoded message nests too deep (only its free-form members can)."""
+    kind = type(message)
+    if kind is Custom:
+        value: Any = message.payload
+    elif kind is Log:
+        value = message.fields
+    elif kind is Opened:
+        value = message.extras
+    elif kind is Materialization or kind is Check:
+        # message, metadata, metadata value: three levels above what the value holds.
+        return any(
+            value_too_deep(v.records if isinstance(v, TableValue) else v.value, MAX_NESTING - 3)
+            for v in message.metadata.values()
+            if type(v) is JsonValue or type(v) is TableValue
+        )
+    else:
+        return False
+    # The message is one level, its member the next.
+    return (type(value) is dict or type(value) is list) and value_too_deep(value, MAX_NESTING - 1)
 
 
 def _check_count(header: ChunkHeader, n: int) -> None:
@@ -354,25 +500,38 @@ def _check_count(header: ChunkHeader, n: int) -> None:
 
 
 def _decode_each(header: ChunkHeader, raws: list[Any], newer: bool) -> DecodedChunk:
-    """The slow path: one message at a time, keeping what the schema does not know."""
-    messages: list[Message | UnknownMessage] = []
+    """The slow path: one message at a time, keeping what the schema does not know.
+
+    Unknown kinds are a newer writer's and are passed on; in a chunk of this reader's own
+    protocol, anything else that is not a valid message is a :class:`BadMessage`.
+    """
+    messages: list[Message | UnknownMessage | BadMessage] = []
     unknown: dict[int, dict[str, Any]] = {}
+    bad: list[int] = []
     for i, raw in enumerate(raws):
+        if isinstance(raw, BadMessage):
+            bad.append(i)
+            messages.append(raw)
+            continue
         if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
-            messages.append(
-                UnknownMessage(kind="", data={"raw": raw}, reason="not a message object")
-            )
+            bad.append(i)
+            messages.append(BadMessage("it is not a message (an object with a string `kind`)"))
             continue
         try:
             message = msgspec.convert(raw, AnyMessage)
         except msgspec.ValidationError as exc:
             text = str(exc)
-            reason = "unknown kind" if "Invalid value" in text and "$.kind" in text else text
-            messages.append(UnknownMessage(kind=raw["kind"], data=raw, reason=reason))
+            if "Invalid value" in text and "$.kind" in text:
+                messages.append(UnknownMessage(kind=raw["kind"], data=raw, reason="unknown kind"))
+            elif newer:
+                messages.append(UnknownMessage(kind=raw["kind"], data=raw, reason=text))
+            else:
+                bad.append(i)
+                messages.append(BadMessage(f"its {raw['kind']!r} message is invalid: {text}"))
             continue
         messages.append(message)
         if newer:
             extra = {k: v for k, v in raw.items() if k not in known_fields(message)}
             if extra:
                 unknown[i] = extra
-    return DecodedChunk(header, messages, unknown or None)
+    return DecodedChunk(header, messages, unknown or None, tuple(bad))

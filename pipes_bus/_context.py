@@ -35,6 +35,8 @@ __all__ = [
     "decode_params",
     "encode_params",
     "load_context",
+    "make_context",
+    "parse_key",
     "register_context_loader",
 ]
 
@@ -86,6 +88,52 @@ class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def extra(self, name: str, default: Any = None) -> Any:
         """One extra by name."""
         return self.extras.get(name, default)
+
+
+def make_context(
+    value: Context | Mapping[str, Any] | None, *, what: str = "The context"
+) -> Context:
+    """A :class:`Context` from a mapping an orchestrator was given, checked strictly.
+
+    Unknown top-level keys are refused with the list of valid ones (a misspelt key must
+    not vanish), values must have the documented types, and the context must encode
+    (no lone surrogates). Workers decode leniently: a newer orchestrator may add fields.
+    """
+    if isinstance(value, Context):
+        context = value
+    else:
+        data = dict(value or {})
+        unknown = sorted(set(data) - set(Context.__struct_fields__))
+        if unknown:
+            raise ConfigurationError(
+                f"{what} has no member {', '.join(map(repr, unknown))}; valid members are "
+                f"{', '.join(Context.__struct_fields__)}."
+            )
+        try:
+            context = msgspec.convert(data, Context)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"{what} is invalid: {exc}.") from exc
+    try:
+        msgspec.json.encode(context)
+    except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:
+        raise ConfigurationError(f"{what} cannot be encoded: {exc}.") from exc
+    return context
+
+
+def parse_key(text: str, what: str = KEY_ENV) -> bytes:
+    """A session signing key from its hex form: 32 bytes (64 hex digits) at least."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{what} is not a hexadecimal key: a session's key is 64 hex digits."
+        ) from None
+    if len(key) < 32:
+        raise ConfigurationError(
+            f"{what} holds {len(key)} bytes; a session's signing key is 32 bytes "
+            "(64 hex digits). Use the key the session was opened with."
+        )
+    return key
 
 
 class SessionParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -28,12 +28,14 @@ worker's ``PipesMessageWriter``) are in :mod:`pipes_bus.integrations.dagster`.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import math
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 import zlib
@@ -44,6 +46,7 @@ import msgspec
 
 from ._context import Context
 from ._errors import ConfigurationError, ObjectTooLargeError, StoreError
+from ._limits import MAX_NESTING, MiB, json_too_deep
 from ._reader import Event, SessionCursor, StreamFault
 from ._schema import (
     BoolValue,
@@ -107,7 +110,6 @@ CHUNKS_DIR = "messages"
 BLOB_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 # One environment variable holds at most 128 KiB on Linux (MAX_ARG_STRLEN).
 INLINE_CONTEXT_LIMIT = 96 * 1024
-MiB = 1024 * 1024
 
 
 # --- bootstrap parameters -------------------------------------------------------------------
@@ -459,6 +461,8 @@ _CHUNK_NAME = re.compile(r"([0-9]+)\.json")
 
 
 def _decode_line(line: bytes) -> Any:
+    if json_too_deep(line):
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels of arrays and objects")
     try:
         return _decoder.decode(line)
     except msgspec.DecodeError:
@@ -469,8 +473,9 @@ def _decode_line(line: bytes) -> Any:
 class _Stream:
     """One Dagster writer as a pipes_bus writer stream: translation, seq, open/closed."""
 
-    def __init__(self, writer: str, skip: int = 0) -> None:
+    def __init__(self, writer: str, skip: int = 0, *, trusted: bool = True) -> None:
         self.writer = writer
+        self.trusted = trusted  # False in a signed session: nothing here is authenticated
         self.seq = 0
         self.skip = skip  # messages already delivered before a restart (from a cursor)
         self.opened = 0
@@ -478,7 +483,7 @@ class _Stream:
 
     @property
     def seen(self) -> bool:
-        return self.seq > 0
+        return self.trusted and self.seq > 0
 
     @property
     def open(self) -> bool:
@@ -493,9 +498,22 @@ class _Stream:
             number += 1
             if not line.strip():
                 continue
+            if not self.trusted:
+                self.seq += 1
+                out.append(
+                    StreamFault(
+                        self.writer,
+                        f"{where}:{number}",
+                        "unauthenticated",
+                        f"line {number} is not delivered: the session is signed, and Dagster "
+                        "Pipes messages carry no signature",
+                        (self.seq - 1, self.seq - 1),
+                    )
+                )
+                continue
             try:
                 data = _decode_line(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 out.append(self._fault(where, number, f"not JSON ({exc})"))
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("method"), str):
@@ -517,7 +535,12 @@ class _Stream:
 
 
 class _FileReader:
-    """Follows the default writer's JSON Lines file; consumes complete lines only."""
+    """Follows the default writer's JSON Lines file; consumes complete lines only.
+
+    The file is opened without following a symbolic link and without blocking, and must be
+    a regular file; a line longer than ``max_line`` bytes is reported and skipped, so
+    memory stays bounded whatever is written there.
+    """
 
     def __init__(
         self,
@@ -527,6 +550,7 @@ class _FileReader:
         max_read: int,
         tail_timeout: float,
         clock: Callable[[], float],
+        max_line: int = 8 * MiB,
     ) -> None:
         self.path = path
         self.stream = stream
@@ -534,52 +558,73 @@ class _FileReader:
         self.tail = b""  # the start of a line whose end has not been written yet
         self.line = 0  # complete lines consumed
         self.max_read = max_read
+        self.max_line = max_line
         self.tail_timeout = tail_timeout
         self._clock = clock
         self._tail_since = 0.0
+        self._skipping = False  # inside a line over max_line, already reported
+        self._refused = False  # not a regular file: reported once, never read
         self.last_error: Exception | None = None
 
-    def poll(self, out: list[Any], final: bool) -> None:
-        while True:
-            try:
-                size = os.stat(self.path).st_size
-            except FileNotFoundError:
-                return
-            except OSError as exc:
+    def _read(self, out: list[Any]) -> bytes | None:
+        """The next bytes of the file, b"" at its end, or None to stop this poll."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._refuse(out, "a symbolic link")
+            else:
                 self.last_error = exc
-                return
-            if size < self.offset:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self._refuse(out, "not a regular file")
+                return None
+            if info.st_size < self.offset:
                 out.append(
                     StreamFault(
                         self.stream.writer,
                         self.path,
                         "corrupt",
-                        f"the file shrank from {self.offset} to {size} bytes; "
+                        f"the file shrank from {self.offset} to {info.st_size} bytes; "
                         "reading goes on from its new end",
                     )
                 )
-                self.offset, self.tail = size, b""
-                return
-            if size == self.offset:
-                break
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self.offset)
-                    data = f.read(min(size - self.offset, self.max_read))
-            except OSError as exc:
-                self.last_error = exc
-                return
+                self.offset, self.tail, self._skipping = info.st_size, b"", False
+                return None
+            if info.st_size == self.offset:
+                return b""
+            os.lseek(fd, self.offset, os.SEEK_SET)
+            return os.read(fd, min(info.st_size - self.offset, self.max_read))
+        except OSError as exc:
+            self.last_error = exc
+            return None
+        finally:
+            os.close(fd)
+
+    def _refuse(self, out: list[Any], what: str) -> None:
+        self._refused = True
+        out.append(
+            StreamFault(
+                self.stream.writer,
+                self.path,
+                "foreign",
+                f"the Dagster Pipes messages file is {what}; it is not read",
+            )
+        )
+
+    def poll(self, out: list[Any], final: bool) -> None:
+        while not self._refused:
+            data = self._read(out)
             if not data:
                 break
             self.offset += len(data)
-            buf = self.tail + data if self.tail else data
-            end = buf.rfind(b"\n") + 1
-            self.tail = buf[end:]
             self._tail_since = self._clock()
-            if end:
-                lines = buf[: end - 1].split(b"\n")
-                self.stream.lines(lines, self.path, self.line, 0, out)
-                self.line += len(lines)
+            self._consume(data, out)
             if len(data) < self.max_read:
                 break
         if self.tail and final:
@@ -597,6 +642,35 @@ class _FileReader:
                         "truncated",
                         f"line {self.line} was never finished ({len(tail)} bytes, no newline)",
                     )
+
+    def _consume(self, data: bytes, out: list[Any]) -> None:
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._skipping = False
+            self.line += 1
+            data = data[newline + 1 :]
+        end = data.rfind(b"\n") + 1
+        if end:
+            complete = self.tail + data[: end - 1] if self.tail else data[: end - 1]
+            lines = complete.split(b"\n")
+            self.stream.lines(lines, self.path, self.line, 0, out)
+            self.line += len(lines)
+            self.tail = data[end:]
+        else:
+            self.tail += data
+        if len(self.tail) > self.max_line:
+            out.append(
+                StreamFault(
+                    self.stream.writer,
+                    f"{self.path}:{self.line + 1}",
+                    "too_large",
+                    f"line {self.line + 1} is longer than {self.max_line} bytes; it is skipped",
+                )
+            )
+            self.tail = b""
+            self._skipping = True
 
 
 class _ChunkReader:
@@ -735,6 +809,7 @@ class DagsterPipesSource(MessageSource):
         include_stdio: bool = False,
         cursor: SessionCursor | None = None,
         read_chunks: bool | None = None,
+        trusted: bool = True,
         probe_interval: float = 1.0,
         poll_interval: tuple[float, float] = (0.005, 0.1),
         tail_timeout: float = 1.0,
@@ -754,8 +829,11 @@ class DagsterPipesSource(MessageSource):
         self._tempdir: str | None = None
         self._dir = f"{session}/{DAGSTER_DIR}"
         skips = {w: c.seq for w, c in (cursor.streams.items() if cursor else ())}
-        self._file_stream = _Stream(FILE_WRITER, skips.get(FILE_WRITER, 0))
-        self._blob_stream = _Stream(BLOB_WRITER, skips.get(BLOB_WRITER, 0))
+        self._file_stream = _Stream(FILE_WRITER, skips.get(FILE_WRITER, 0), trusted=trusted)
+        self._blob_stream = _Stream(BLOB_WRITER, skips.get(BLOB_WRITER, 0), trusted=trusted)
+        # A signed session hands Dagster workers no variables: they could only report
+        # unauthenticated, and what appears anyway is reported, never delivered.
+        inject = inject and trusted
         root = _local_root(transport)
         if root is not None:
             path: str | None = os.path.join(root, session, DAGSTER_DIR, MESSAGES_FILE)

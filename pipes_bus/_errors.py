@@ -9,7 +9,8 @@
     ├── StoreError                  a store operation failed (carries url and key)
     │   ├── TransientStoreError     worth retrying: throttling, 5xx, timeouts, resets
     │   └── PermanentStoreError     retrying will not help: missing bucket, access denied
-    │       └── ObjectTooLargeError an object is over the size a reader accepts
+    │       └── UnreadableObjectError   one object cannot be read; others may be fine
+    │           └── ObjectTooLargeError an object is over the size a reader accepts
     ├── DeliveryError               a writer could not deliver messages; names which
     ├── BufferFullError             a writer's buffer is full and it was told not to block
     └── WriterClosedError           a writer was used after close()
@@ -41,6 +42,7 @@ __all__ = [
     "StoreError",
     "TransientStoreError",
     "UnknownSchemeError",
+    "UnreadableObjectError",
     "WriterClosedError",
 ]
 
@@ -96,11 +98,26 @@ class PermanentStoreError(StoreError):
     """A store operation failed in a way that retrying will not fix."""
 
 
-class ObjectTooLargeError(PermanentStoreError):
+class UnreadableObjectError(PermanentStoreError):
+    """One object cannot be read; other objects of the store may be fine.
+
+    ``reason`` is the fault a reader reports for it: ``foreign`` (not a regular object: a
+    folder, a FIFO, a device, a symbolic link), ``unreadable`` (access to it is denied) or
+    ``too_large``.
+    """
+
+    def __init__(
+        self, message: str, *, url: str = "", key: str | None = None, reason: str = "unreadable"
+    ) -> None:
+        super().__init__(message, url=url, key=key)
+        self.reason = reason
+
+
+class ObjectTooLargeError(UnreadableObjectError):
     """An object is larger than the reader accepts; it was not read into memory."""
 
     def __init__(self, message: str, *, url: str = "", key: str | None = None, size: int = 0):
-        super().__init__(message, url=url, key=key)
+        super().__init__(message, url=url, key=key, reason="too_large")
         self.size = size
 
     @classmethod
@@ -252,8 +269,7 @@ def translate_store_error(exc: BaseException, *, url: str, key: str | None, op: 
     detail = redact(f"{type(exc).__name__}: {exc}".strip())
     if is_transient(exc):
         return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({detail}). "
-            "It will be retried.",
+            f"Cannot {op} {where}: the store had a transient failure ({detail}).",
             url=url,
             key=key,
         )

@@ -1,5 +1,6 @@
 """Where things live on a bus, and which names are allowed there.
 
+    {bus}/{session}/session.json                      the session's manifest
     {bus}/{session}/context.json                      optional: a large context
     {bus}/{session}/streams/{writer}/{chunk:020d}     the chunks of one writer's stream
 
@@ -20,6 +21,7 @@ __all__ = [
     "chunk_key",
     "chunk_number",
     "is_id",
+    "manifest_key",
     "new_id",
     "sanitize",
     "stream_prefix",
@@ -57,6 +59,11 @@ def new_id(prefix: str, label: str | None = None) -> str:
     if label:
         parts.append(sanitize(label))
     return "-".join(parts)
+
+
+def manifest_key(session: str) -> str:
+    """Key of the session's manifest, its first object."""
+    return f"{session}/session.json"
 
 
 def streams_prefix(session: str) -> str:

@@ -13,10 +13,14 @@ from typing import Any, Union
 import msgspec
 
 from . import _keys
-from ._chunk import ChunkProblem, parse_chunk, parse_header
-from ._errors import ConfigurationError, ObjectTooLargeError, TransientStoreError
+from ._chunk import BadMessage, ChunkProblem, parse_chunk, parse_header
+from ._errors import (
+    ConfigurationError,
+    TransientStoreError,
+    UnreadableObjectError,
+)
 from ._retry import PollSchedule
-from ._schema import Closed, Custom, Message, UnknownMessage
+from ._schema import Closed, Custom, Message, Opened, UnknownMessage
 from .transports import Transport
 
 __all__ = ["Event", "SessionCursor", "SessionReader", "StreamCursor", "StreamFault"]
@@ -123,6 +127,11 @@ class _Fetch:
         return self._data
 
 
+def _rule_fault(writer: str, key: str, detail: str) -> StreamFault:
+    """A stream that breaks the protocol's stream rules (its messages are still delivered)."""
+    return StreamFault(writer, key, "corrupt", f"the stream breaks the protocol: {detail}")
+
+
 def _is_final(data: bytes) -> bool:
     try:
         return parse_header(data)[0].final
@@ -186,6 +195,8 @@ class SessionReader:
     :meth:`follow` polls adaptively until told to stop. Nothing is yielded twice, and
     anything that cannot be delivered is yielded as a :class:`StreamFault` naming the key.
 
+    With ``expect_opened`` (what sessions use: every worker's stream opens with ``opened``),
+    a stream whose first message is another kind gets a ``corrupt`` fault before it.
     ``max_chunk_bytes`` bounds a chunk both as stored and once decompressed (so a
     decompression bomb is a ``corrupt`` fault, not an out-of-memory); ``discover_interval``
     and ``scan_interval`` are in seconds of ``clock``.
@@ -203,9 +214,11 @@ class SessionReader:
         scan_interval: float = 30.0,
         schedule: PollSchedule | None = None,
         idle_rate: float | None = None,
+        expect_opened: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
+        self.expect_opened = expect_opened
         caps = transport.capabilities
         # Each stream is probed on its own adaptive schedule: fast while data flows,
         # backing off to `maximum` when idle, and further if needed so that an idle
@@ -224,7 +237,7 @@ class SessionReader:
         self._streams: dict[str, _Stream] = {}
         self._read_ahead = transport.capabilities.read_ahead
         self._ahead: dict[str, _Fetch] = {}  # by writer: its next chunk, being fetched
-        self._rejected: set[str] = set()
+        self._rejected: set[str] = set()  # keys already reported as foreign
         self._discovered_at: float | None = None
         self.last_error: Exception | None = None
         self.behind = False
@@ -369,18 +382,27 @@ class SessionReader:
     def discover(self, out: list[Item] | None = None) -> list[str]:
         """List the session's streams; return writers not seen before."""
         self._discovered_at = self._clock()
-        names = self._call(lambda: self.transport.list(_keys.streams_prefix(self.session)))
+        prefix = _keys.streams_prefix(self.session)
+        try:
+            names = self._call(lambda: self.transport.list(prefix))
+        except UnreadableObjectError as exc:
+            if prefix not in self._rejected:
+                self._rejected.add(prefix)
+                if out is not None:
+                    out.append(StreamFault("", prefix, exc.reason, str(exc)))
+            return []
         new: list[str] = []
         for name in names or ():
-            if name in self._streams or name in self._rejected:
+            where = f"{_keys.streams_prefix(self.session)}/{name}"
+            if name in self._streams or where in self._rejected:
                 continue
             if not _keys.is_id(name):
-                self._rejected.add(name)
+                self._rejected.add(where)
                 if out is not None:
                     out.append(
                         StreamFault(
                             name,
-                            f"{_keys.streams_prefix(self.session)}/{name}",
+                            where,
                             "foreign",
                             "this is not a valid writer stream name; it was ignored",
                         )
@@ -460,8 +482,10 @@ class SessionReader:
                     if fetch is not None and fetch.chunk == stream.chunk
                     else functools.partial(self.transport.get, key, max_size=self.max_chunk_bytes)
                 )
-            except ObjectTooLargeError as exc:
-                out.append(StreamFault(writer, key, "too_large", str(exc)))
+            except UnreadableObjectError as exc:
+                # One object that cannot be read (too large, not a regular file, access
+                # denied) is a fault at its key; the stream and every other go on.
+                out.append(StreamFault(writer, key, exc.reason, str(exc)))
                 stream.chunk += 1
                 continue
             if data is None:
@@ -501,21 +525,26 @@ class SessionReader:
             skip = stream.seq - header.first
             number = stream.chunk
             extra = chunk.unknown_fields
-            if extra is None:
+            start = len(out)
+            if extra is None and not chunk.bad:
                 out.extend(
                     [
-                        Event(writer, header.first + i, number, messages[i])
+                        Event(writer, header.first + i, number, messages[i])  # type: ignore[arg-type]
                         for i in range(skip, len(messages))
                     ]
                 )
             else:
-                out.extend(
-                    [
-                        Event(writer, header.first + i, number, messages[i], extra.get(i))
-                        for i in range(skip, len(messages))
-                    ]
-                )
-            if len(messages) > skip:
+                self._deliver_each(writer, key, number, chunk, skip, out)
+            if self.expect_opened and len(out) > start and stream.seq == 0 and skip == 0:
+                first = out[start]
+                if type(first) is Event and type(first.message) is not Opened:
+                    out.insert(start, _rule_fault(writer, key, "its first message is not `opened`"))
+            if chunk.bad or not len(messages) > skip:
+                for item in reversed(out[start:]):
+                    if type(item) is Event:
+                        stream.last = item
+                        break
+            else:
                 last = out[-1]
                 assert isinstance(last, Event)
                 stream.last = last
@@ -523,24 +552,79 @@ class SessionReader:
             stream.chunk += 1
             if header.final:
                 stream.closed = True
+                closed = messages[-1] if messages else None
+                if type(closed) is Closed and closed.count != stream.seq - 1:
+                    out.append(
+                        _rule_fault(
+                            writer,
+                            key,
+                            f"`closed` says {closed.count} messages came before it; "
+                            f"the stream holds {stream.seq - 1}",
+                        )
+                    )
+                self._after_final(writer, stream, out)
         return False
+
+    def _deliver_each(
+        self, writer: str, key: str, number: int, chunk: Any, skip: int, out: list[Item]
+    ) -> None:
+        first = chunk.header.first
+        extra = chunk.unknown_fields or {}
+        for i in range(skip, len(chunk.messages)):
+            message = chunk.messages[i]
+            if type(message) is BadMessage:
+                seq = first + i
+                out.append(
+                    StreamFault(
+                        writer,
+                        key,
+                        "corrupt",
+                        f"message {seq} is not delivered: {message.detail}",
+                        (seq, seq),
+                    )
+                )
+            else:
+                out.append(Event(writer, first + i, number, message, extra.get(i)))
+
+    def _after_final(self, writer: str, stream: _Stream, out: list[Item]) -> None:
+        """Nothing may follow a final chunk: one look at the next key says so if it does."""
+        key = _keys.chunk_key(self.session, writer, stream.chunk)
+        try:
+            data = self._call(lambda: self.transport.get(key, max_size=0))
+        except UnreadableObjectError:
+            data = b"?"
+        if data is not None:
+            out.append(
+                StreamFault(
+                    writer,
+                    key,
+                    "corrupt",
+                    "an object follows the stream's final chunk; nothing after `closed` is "
+                    "delivered",
+                )
+            )
 
     def _scan(self, writer: str, stream: _Stream, out: list[Item]) -> None:
         """List a stream past its cursor: report strangers, and skip a missing chunk."""
         prefix = _keys.stream_prefix(self.session, writer)
         after = f"{stream.chunk - 1:020d}" if stream.chunk > 0 else None
-        names = self._call(lambda: self.transport.list(prefix, after=after))
+        try:
+            names = self._call(lambda: self.transport.list(prefix, after=after))
+        except UnreadableObjectError as exc:
+            if prefix not in self._rejected:
+                self._rejected.add(prefix)
+                out.append(StreamFault(writer, prefix, exc.reason, str(exc)))
+            return
         if not names:
             return
         later: list[int] = []
         for name in names:
             number = _keys.chunk_number(name)
             if number is None:
-                if name not in self._rejected:
-                    self._rejected.add(name)
-                    out.append(
-                        StreamFault(writer, f"{prefix}/{name}", "foreign", "not a chunk; ignored")
-                    )
+                where = f"{prefix}/{name}"
+                if where not in self._rejected:
+                    self._rejected.add(where)
+                    out.append(StreamFault(writer, where, "foreign", "not a chunk; ignored"))
             elif number >= stream.chunk:
                 later.append(number)
         # A missing chunk with later ones present: re-read first (it may have just

@@ -279,25 +279,69 @@ class ExceptionInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     context: ExceptionInfo | None = None
 
     @classmethod
-    def from_exception(cls, exc: BaseException, _depth: int = 0) -> ExceptionInfo:
-        """Capture an exception, its traceback and its cause chain."""
+    def from_exception(cls, exc: BaseException) -> ExceptionInfo:
+        """Capture an exception, its traceback and its cause chain, within the bounds of
+        :meth:`bounded`."""
+        return cls._capture(exc, 0).bounded()
+
+    @classmethod
+    def _capture(cls, exc: BaseException, depth: int) -> ExceptionInfo:
         import traceback
 
         cause = context = None
-        if _depth < 16:
+        # One link more than bounded() keeps, so that it can say the chain was cut.
+        if depth <= EXCEPTION_CHAIN_LIMIT:
             if exc.__cause__ is not None:
-                cause = cls.from_exception(exc.__cause__, _depth + 1)
+                cause = cls._capture(exc.__cause__, depth + 1)
             elif exc.__context__ is not None and not exc.__suppress_context__:
-                context = cls.from_exception(exc.__context__, _depth + 1)
+                context = cls._capture(exc.__context__, depth + 1)
         name = type(exc).__qualname__
         module = type(exc).__module__
+        try:
+            text = str(exc)
+        except Exception as error:  # a __str__ that raises must not cost the stream its end
+            text = f"<str() of the exception raised {type(error).__name__}>"
         return cls(
             type=name if module in (None, "builtins") else f"{module}.{name}",
-            message=str(exc),
+            message=text,
             stack=traceback.format_tb(exc.__traceback__),
             cause=cause,
             context=context,
         )
+
+    def bounded(self, _depth: int = 0) -> ExceptionInfo:
+        """This exception within the size a ``closed`` message may carry.
+
+        The message keeps its first 16 KiB characters, the stack its first 10 and last 40
+        entries of at most 2 KiB each, the chain the exception and 16 links below it; whatever is cut says so.
+        """
+        message = _clip(self.message, EXCEPTION_TEXT_LIMIT)
+        stack = [_clip(line, EXCEPTION_FRAME_LIMIT) for line in self.stack]
+        if len(stack) > EXCEPTION_FRAMES:
+            omitted = len(stack) - EXCEPTION_FRAMES
+            stack = [*stack[:10], f"... [{omitted} frames omitted]\n", *stack[-40:]]
+        last = _depth >= EXCEPTION_CHAIN_LIMIT
+        cause = self.cause.bounded(_depth + 1) if self.cause and not last else None
+        context = self.context.bounded(_depth + 1) if self.context and not last else None
+        if last and (self.cause or self.context):
+            message += " [the rest of the exception chain was cut]"
+        if (message, stack, cause, context) == (self.message, self.stack, self.cause, self.context):
+            return self
+        return ExceptionInfo(
+            type=_clip(self.type, 1024), message=message, stack=stack, cause=cause, context=context
+        )
+
+
+EXCEPTION_TEXT_LIMIT = 16 * 1024
+EXCEPTION_FRAME_LIMIT = 2048
+EXCEPTION_FRAMES = 50
+EXCEPTION_CHAIN_LIMIT = 16
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [truncated: {len(text)} characters in all]"
 
 
 class Closed(Message, tag="closed", frozen=True):

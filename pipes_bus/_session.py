@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import operator
 import os
-import re
 import secrets
 import signal
 import socket
@@ -28,11 +27,14 @@ from ._context import (
     SessionParams,
     encode_context,
     encode_params,
+    make_context,
 )
 from ._errors import ConfigurationError
 from ._reader import Event, SessionCursor, SessionReader, StreamFault, split_custom
+from ._redact import public_options
 from ._retry import PollSchedule
 from ._schema import (
+    PROTOCOL_VERSION,
     Check,
     Closed,
     ExceptionInfo,
@@ -65,6 +67,10 @@ BUS_ENV = "PIPES_BUS_URL"
 EXIT_WORKER_FAILED = 3
 EXIT_INCOMPLETE = 4
 EXIT_UNDELIVERABLE = 5
+EXIT_BUS = 6
+# After the launched work exits, the session lists its writers once more this much later:
+# a writer that opens just after the exit (a detached child) is followed too.
+DEFAULT_SETTLE = 0.25
 
 
 def default_bus_url() -> str:
@@ -166,23 +172,6 @@ _INJECTORS: dict[str, Callable[[], ContextInjector]] = {
     "argv": ArgvContextInjector,
 }
 
-_SECRET = re.compile(
-    r"(secret|password|passwd|token|credential|sas|signature|connection_string|account_key|"
-    r"access_key|session_key|private|^key$|_key$)",
-    re.IGNORECASE,
-)
-
-
-def public_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Storage options with anything that looks like a credential removed (recursively)."""
-    kept: dict[str, Any] = {}
-    for name, value in options.items():
-        if _SECRET.search(name) and value not in ("anon", None, True, False):
-            continue
-        kept[name] = public_options(value) if isinstance(value, Mapping) else value
-    return kept
-
-
 # --- result ---------------------------------------------------------------------------------
 
 
@@ -235,6 +224,10 @@ class SessionResult:
     counts: dict[str, int] = field(default_factory=dict)
     requests: dict[str, Any] = field(default_factory=dict)
     diagnostics: str = ""
+    #: Why the bus could not be read to the end, if it could not.
+    bus_error: str | None = None
+    #: Why the launched command was asked to stop ("pipes-bus passed on an interrupt"), if it was.
+    stopped: str | None = None
 
     @property
     def incomplete(self) -> list[WriterState]:
@@ -254,10 +247,13 @@ class SessionResult:
     def problems(self) -> list[str]:
         """One sentence per problem, most important first."""
         lines: list[str] = []
+        after = f" after {self.stopped}" if self.stopped else ""
         if self.exit_code is not None and self.exit_code < 0:
-            lines.append(f"the command was killed by {_signal_name(-self.exit_code)}")
+            lines.append(f"the command was killed by {_signal_name(-self.exit_code)}{after}")
         elif self.exit_code not in (None, 0):
-            lines.append(f"the command exited with status {self.exit_code}")
+            lines.append(f"the command exited with status {self.exit_code}{after}")
+        if self.bus_error is not None:
+            lines.append(f"the bus could not be read to the end: {self.bus_error}")
         for w in self.failed:
             assert w.exception is not None
             lines.append(f"writer {w.name} failed: {w.exception.type}: {w.exception.message}")
@@ -280,6 +276,8 @@ class SessionResult:
         if self.exit_code not in (None, 0):
             assert self.exit_code is not None
             return self.exit_code if self.exit_code > 0 else 128 - self.exit_code
+        if self.bus_error is not None:
+            return EXIT_BUS
         if self.failed:
             return EXIT_WORKER_FAILED
         if self.incomplete:
@@ -363,6 +361,7 @@ class Session:
         sign: bool = False,
         collect: bool = True,
         grace: float = 10.0,
+        settle: float = DEFAULT_SETTLE,
         poll: PollSchedule | None = None,
         transport: Transport | None = None,
         sources: Sequence[MessageSource] = (),
@@ -370,23 +369,48 @@ class Session:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.bus = bus or default_bus_url()
+        if bus is None:
+            bus = transport.url if transport is not None else default_bus_url()
+        elif not bus.strip():
+            raise ConfigurationError(
+                "The bus URL is empty; give a directory or a URL like s3://bucket/prefix, "
+                f"or leave it out for the default bus ({default_bus_url()})."
+            )
+        elif transport is not None and bus != transport.url:
+            raise ConfigurationError(
+                f"The bus {bus!r} is not the transport's location {transport.url!r}: the "
+                "worker would be told one place and the session would read another."
+            )
+        self.bus = bus
         options = dict(storage_options or {})
         self.transport = transport or open_transport(self.bus, **options)
         self.id = _keys.validate_id("session id", session_id) if session_id else _keys.new_id("s")
-        if isinstance(context, Context):
-            self.context = context
-        else:
-            self.context = msgspec.convert(dict(context or {}), Context)
+        self.context = make_context(context)
         if not self.context.run_id:
             self.context = msgspec.structs.replace(self.context, run_id=self.id)
+        # The session's first write, before anything is launched: a bus that cannot be
+        # written (read-only, missing bucket, denied credentials) fails here, naming it.
+        self.transport.put_if_absent(
+            _keys.manifest_key(self.id),
+            msgspec.json.encode(
+                {
+                    "format": "pipes-bus-session",
+                    "protocol": PROTOCOL_VERSION,
+                    "session": self.id,
+                    "created": time.time(),
+                    "context_sha256": hashlib.sha256(msgspec.json.encode(self.context)).hexdigest(),
+                    "signed": sign,
+                }
+            ),
+        )
         chosen = _INJECTORS[injector]() if isinstance(injector, str) else injector
         self.injection = chosen.inject(self.context, self.transport, self.id)
         self.key = secrets.token_bytes(32) if sign else None
+        worker_options, self.withheld_options = public_options(options)
         params = SessionParams(
             bus=self.bus,
             session=self.id,
-            storage_options=public_options(options),
+            storage_options=worker_options,
             context=self.injection.source,
             writer=dict(writer_settings or {}),
             capture_output=capture_output,
@@ -405,13 +429,19 @@ class Session:
                 self.sources.insert(
                     0,
                     dagster_source(
-                        self.transport, self.id, context=self.context, include_stdio=capture_output
+                        self.transport,
+                        self.id,
+                        context=self.context,
+                        include_stdio=capture_output,
+                        trusted=not sign,
+                        clock=clock,
                     ),
                 )
         for source in self.sources:
             self.env.update(source.env())
         self.args: list[str] = list(self.injection.args)
         self._follow_setup(None, grace, collect, poll, sleep, clock)
+        self.settle = settle
 
     def _follow_setup(
         self,
@@ -425,7 +455,13 @@ class Session:
         self.grace = grace
         self.collect = collect
         self.reader = SessionReader(
-            self.transport, self.id, key=self.key, cursor=cursor, schedule=poll
+            self.transport,
+            self.id,
+            key=self.key,
+            cursor=cursor,
+            schedule=poll,
+            expect_opened=True,
+            clock=clock,
         )
         self.cursor = cursor or SessionCursor(self.id)
         self.result = SessionResult(session=self.id, bus=self.bus)
@@ -461,13 +497,19 @@ class Session:
         self.id = _keys.validate_id("session id", session_id)
         self.context = Context()
         self.injection = Injection({})
+        self.withheld_options = []
         self.key = key
         self.env = {}
         self.args = []
         from ._dagster import dagster_source
 
-        self.sources = [dagster_source(transport, self.id, inject=False, cursor=cursor)]
+        self.sources = [
+            dagster_source(
+                transport, self.id, inject=False, cursor=cursor, trusted=key is None, clock=clock
+            )
+        ]
         self._follow_setup(cursor, grace, collect, poll, sleep, clock)
+        self.settle = 0.0
         return self
 
     def __repr__(self) -> str:
@@ -483,7 +525,11 @@ class Session:
         self._callbacks.append(callback)
 
     def follow(
-        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+        self,
+        *,
+        done: Callable[[], bool] | None = None,
+        grace: float | None = None,
+        settle: float | None = None,
     ) -> Iterator[Event | StreamFault]:
         """Yield events live until the session is complete.
 
@@ -496,67 +542,94 @@ class Session:
         restarted orchestrator (:meth:`attach`) neither repeats nor skips anything.
         """
         advance = self.cursor.advance
-        for batch in self._batches(done, grace):
+        for batch in self._batches(done, grace, settle):
             for item in batch:
                 if type(item) is Event:
                     advance(item)
                 yield item
 
     def batches(
-        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+        self,
+        *,
+        done: Callable[[], bool] | None = None,
+        grace: float | None = None,
+        settle: float | None = None,
     ) -> Iterator[list[Event | StreamFault]]:
         """Like :meth:`follow`, one poll's worth at a time (for callers that write in bulk)."""
         advance = self.cursor.advance
-        for batch in self._batches(done, grace):
+        for batch in self._batches(done, grace, settle):
             for event in self._last_in_batch.values():
                 advance(event)
             yield batch
 
     def _batches(
-        self, done: Callable[[], bool] | None, grace: float | None
+        self, done: Callable[[], bool] | None, grace: float | None, settle: float | None = None
     ) -> Iterator[list[Event | StreamFault]]:
         grace = self.grace if grace is None else grace
-        finished_at: float | None = None
+        settle = self.settle if settle is None else settle
+        finished_at: float | None = None  # when the work ended, then the last progress
+        settled = settle <= 0
         while True:
             batch = self._poll_all()
-            finished = done() if done is not None else bool(self._writers()) and not self._open()
+            finished = done() if done is not None else bool(self.writers) and not self.open_writers
             if finished and finished_at is None:
-                finished_at = self._clock()
+                finished_at = exited_at = self._clock()
                 # Everything that opened before the exit is visible now.
                 batch += self._poll_all(discover=True)
             if batch:
                 yield self._record_all(batch)
                 if finished_at is not None:
                     finished_at = self._clock()  # grace counts from the last progress
+            wait_cap = 1.0
             if finished:
                 assert finished_at is not None
-                still_open = self._open()
+                still_open = self.open_writers
                 if not still_open:
-                    break
+                    if settled:
+                        break
+                    # A writer may open just after the work exits (a detached child, a
+                    # late rank): look for writers once more, `settle` after the exit.
+                    left = exited_at + settle - self._clock()
+                    if left > 0:
+                        self._sleep(left)
+                        continue
+                    settled = True
+                    late = self._poll_all(discover=True)
+                    if late:
+                        yield self._record_all(late)
+                    if not self.open_writers:
+                        break
+                    finished_at = self._clock()
+                    continue
                 if not batch and all(self._gone(w) for w in still_open):
                     # Their processes are gone: one last look for gaps, then stop waiting.
                     last = self._scan_all()
                     if last:
                         yield self._record_all(last)
-                    if not [w for w in self._open() if not self._gone(w)]:
+                    if not [w for w in self.open_writers if not self._gone(w)]:
                         break
                 if self._clock() - finished_at >= grace:
                     last = self._scan_all()
                     if last:
                         yield self._record_all(last)
                     break
+                wait_cap = max(0.0, finished_at + grace - self._clock())
             if not self.reader.behind:
                 # The reader knows when its next probe is due; still look at the
                 # launched work (and other sources) at least every second.
                 waits = [self.reader.wait_time(), *(s.wait_time() for s in self.sources), 1.0]
-                self._sleep(min(waits))
+                self._sleep(min(*waits, wait_cap))
         self._finish()
 
     def wait(
-        self, *, done: Callable[[], bool] | None = None, grace: float | None = None
+        self,
+        *,
+        done: Callable[[], bool] | None = None,
+        grace: float | None = None,
+        settle: float | None = None,
     ) -> SessionResult:
         """Follow the session to completion and return its result."""
-        for _ in self.follow(done=done, grace=grace):
+        for _ in self.follow(done=done, grace=grace, settle=settle):
             pass
         return self.result
 
@@ -578,6 +651,12 @@ class Session:
             + f"; context via {self.injection.source.get('via')}",
             f"looked in: {self.transport.describe(_keys.streams_prefix(self.id))}/",
         ]
+        if self.withheld_options:
+            lines.append(
+                "storage options not handed to the worker: "
+                f"{', '.join(self.withheld_options)} (they may be secrets; give the worker "
+                "its own, e.g. in its environment)"
+            )
         try:
             entries = self.transport.list(self.id)
             streams = self.transport.list(_keys.streams_prefix(self.id))
@@ -620,10 +699,14 @@ class Session:
     def _scan_all(self) -> list[Event | StreamFault]:
         return self.reader.scan() + self._poll_all(discover=True)
 
-    def _writers(self) -> list[str]:
+    @property
+    def writers(self) -> list[str]:
+        """Every writer heard so far, from the session's streams and every other source."""
         return self.reader.writers + [w for s in self.sources for w in s.writers]
 
-    def _open(self) -> list[str]:
+    @property
+    def open_writers(self) -> list[str]:
+        """Writers heard from that have not closed, from every source."""
         return self.reader.open_writers + [w for s in self.sources for w in s.open_writers]
 
     def _gone(self, writer: str) -> bool:

@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._errors import ConfigurationError
+from ._process import LocalProcess, StopPolicy
 from ._reader import Event, StreamFault
 from ._session import Session, SessionResult, open_session
 
@@ -27,24 +29,30 @@ def run_subprocess(
 
     ``env`` is added to this process's environment; the session's own variables are
     added last. ``session_options`` go to :class:`~pipes_bus.orchestrator.Session`
-    (context, storage_options, injector, grace, capture_output, ...).
+    (context, storage_options, injector, grace, capture_output, ...). The command runs in
+    a process group of its own; if following it fails or is interrupted, the whole group
+    is stopped (SIGTERM, then SIGKILL) before the error goes on.
     """
     with open_session(bus, **session_options) as session:
+        if not session.transport.capabilities.shared:
+            raise ConfigurationError(
+                f"The bus {session.bus} lives in this process's memory: a command launched "
+                "from here cannot reach it. Use a directory or an object store."
+            )
         if on_event is not None:
             session.on_event(on_event)
-        launch_env = {**os.environ, **(env or {}), **session.env}
-        process = subprocess.Popen([*command, *session.args], env=launch_env, cwd=cwd)
+        process = LocalProcess(
+            [*command, *session.args],
+            env={**os.environ, **(env or {}), **session.env},
+            cwd=cwd,
+            policy=StopPolicy(grace=session.grace),
+        )
         try:
             if on_start is not None:
-                on_start(session, process)
+                on_start(session, process.popen)
             session.wait(done=lambda: process.poll() is not None)
         except BaseException:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            process.stop_now()
             raise
         finally:
             session.result.exit_code = process.wait()

@@ -18,7 +18,15 @@ from types import FrameType
 from typing import Any
 
 from . import _keys
-from ._context import KEY_ENV, LABEL_ENV, Context, SessionParams, decode_params, load_context
+from ._context import (
+    KEY_ENV,
+    LABEL_ENV,
+    Context,
+    SessionParams,
+    decode_params,
+    load_context,
+    parse_key,
+)
 from ._errors import ConfigurationError, PipesBusError, PipesBusWarning
 from ._retry import RetryPolicy
 from ._schema import (
@@ -295,7 +303,7 @@ def _start(
             raise ConfigurationError(
                 f"The session signs its chunks, but {KEY_ENV} is not set in this environment."
             )
-        key = bytes.fromhex(secret)
+        key = parse_key(secret)
     writer = ChunkWriter(
         transport, params.session, writer_id, _writer_settings(params, settings), key=key
     )

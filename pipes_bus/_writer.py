@@ -20,13 +20,14 @@ from ._errors import (
     DeliveryError,
     EncodeError,
     MessageTooLargeError,
-    ObjectTooLargeError,
     PermanentStoreError,
     StoreError,
     TransientStoreError,
+    UnreadableObjectError,
     WriterClosedError,
     translate_store_error,
 )
+from ._limits import MAX_NESTING, MiB, json_too_deep, value_too_deep
 from ._retry import RetryPolicy
 from ._schema import Closed, ExceptionInfo, Message
 from .transports import Transport
@@ -34,7 +35,6 @@ from .transports import Transport
 __all__ = ["ChunkWriter", "WriterSettings"]
 
 _log = logging.getLogger("pipes_bus")
-MiB = 1024 * 1024
 # How many occupied keys a writer steps over before it calls the stream hijacked.
 _MAX_FOREIGN_SKIPS = 64
 
@@ -122,6 +122,9 @@ class ChunkWriter:
         )
         self._encode_into = self._encoder.encode_into
         self._jsonl = settings.encoding == "jsonl"
+        # A message this short cannot nest too deep: each level takes at least two bytes
+        # of JSON ("[]"), one of MessagePack.
+        self._short = 2 * MAX_NESTING if self._jsonl else MAX_NESTING
         # Read on every write: kept as plain attributes.
         self._chunk_bytes = settings.chunk_bytes
         self._max_buffer = settings.max_buffer_bytes
@@ -170,21 +173,38 @@ class ChunkWriter:
             start = len(buf)
             try:
                 self._encode_into(message, buf, -1)
-            except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            except BaseException as exc:
+                # Whatever failed (a type msgspec refuses, a tzinfo that raises, a
+                # KeyboardInterrupt), nothing of this message may stay in the buffer.
                 del buf[start:]
+                if not isinstance(exc, Exception):
+                    raise
+                reason = (
+                    f"it is nested deeper than {MAX_NESTING} levels"
+                    if isinstance(exc, RecursionError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 raise EncodeError(
-                    f"Cannot encode {type(message).__name__} message: {exc}. "
+                    f"Cannot encode {type(message).__name__} message: {reason}. "
                     "Nothing was written for it; earlier messages are unaffected."
                 ) from exc
             if self._jsonl:
                 buf.append(10)
             end = len(buf)
-            if end - start > self._max_message:
+            size = end - start
+            if size > self._max_message:
                 del buf[start:]
                 raise MessageTooLargeError(
-                    f"A {type(message).__name__} message encodes to {end - start} bytes, over "
+                    f"A {type(message).__name__} message encodes to {size} bytes, over "
                     f"the {self._max_message}-byte limit. Nothing was written for it; store "
                     "large data elsewhere and report its location."
+                )
+            if size > self._short and self._too_deep(buf, start, end):
+                del buf[start:]
+                raise EncodeError(
+                    f"A {type(message).__name__} message is nested deeper than {MAX_NESTING} "
+                    "levels of arrays and objects, which readers refuse. Nothing was written "
+                    "for it; flatten the payload or send it as a string."
                 )
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -221,7 +241,9 @@ class ChunkWriter:
         info = (
             ExceptionInfo.from_exception(exception)
             if isinstance(exception, BaseException)
-            else exception
+            else exception.bounded()
+            if exception is not None
+            else None
         )
         with self._lock:
             if self._closed or self._closing:
@@ -269,6 +291,15 @@ class ChunkWriter:
         return f"<ChunkWriter {where}>"
 
     # --- internals (call with the lock held) --------------------------------------------
+
+    def _too_deep(self, buf: bytearray, start: int, end: int) -> bool:
+        if self._jsonl:
+            view = memoryview(buf)[start:end]
+            try:
+                return json_too_deep(view, exact=False) and json_too_deep(view)
+            finally:
+                view.release()
+        return value_too_deep(msgspec.msgpack.decode(bytes(buf[start:end])))
 
     def _encode_closed(self, info: ExceptionInfo | None) -> None:
         buf = self._buf
@@ -416,15 +447,33 @@ class ChunkWriter:
 
     def _put(self, key: str, data: bytes) -> bool:
         """Put-if-absent with retries: True if ``data`` is now at ``key``, False if another is."""
-        for attempt in self.settings.retry.retrying(self._sleep):
+        retrying = self.settings.retry.retrying(self._sleep)
+        try:
+            return self._put_retrying(retrying, key, data)
+        except TransientStoreError as exc:
+            stats = retrying.statistics
+            policy = self.settings.retry
+            limits = f"deadline {policy.deadline:g} s" + (
+                f", at most {policy.attempts} attempts" if policy.attempts is not None else ""
+            )
+            raise TransientStoreError(
+                f"{exc} Gave up after {stats.get('attempt_number', 1)} attempts over "
+                f"{stats.get('delay_since_first_attempt', 0.0):.1f} s (the retry policy: "
+                f"{limits}).",
+                url=exc.url,
+                key=exc.key,
+            ) from exc
+
+    def _put_retrying(self, retrying: Any, key: str, data: bytes) -> bool:
+        for attempt in retrying:
             with attempt:
                 try:
                     if self.transport.put_if_absent(key, data):
                         return True
                     # Taken: by our own earlier attempt whose answer was lost, or by a stranger.
                     existing = self.transport.get(key, max_size=len(data))
-                except ObjectTooLargeError:
-                    return False
+                except UnreadableObjectError:
+                    return False  # too large or not an object at all: not ours
                 except StoreError:
                     raise
                 except Exception as exc:

@@ -13,6 +13,7 @@ import pytest
 from pipes_bus import Closed, Custom, Log, UnknownMessage
 from pipes_bus._chunk import (
     FORMAT,
+    BadMessage,
     ChunkHeader,
     ChunkProblem,
     build_chunk,
@@ -21,6 +22,7 @@ from pipes_bus._chunk import (
     parse_header,
     sign,
 )
+from pipes_bus._limits import MAX_NESTING, json_too_deep, value_too_deep
 
 MESSAGES: list[Any] = [
     Log(message="hello", level="debug"),
@@ -390,9 +392,24 @@ class TestForwardCompatibility:
         ]
         assert decoded.unknown_fields is None
 
-    def test_mistyped_field_is_passed_on_with_the_path(self) -> None:
-        """A known kind with a field of the wrong type becomes UnknownMessage naming the path."""
-        decoded = parse_chunk(forge(b'{"kind":"log","message":5}\n'), writer="w", chunk=0)
+    def test_mistyped_field_in_a_same_version_chunk_is_a_bad_message(self) -> None:
+        """A known kind with a field of the wrong type, in a chunk of this reader's own
+        protocol, is a BadMessage naming the path (no newer writer sends it)."""
+        decoded = parse_chunk(
+            forge(b'{"kind":"log","message":5}\n{"kind":"closed"}\n', count=2),
+            writer="w",
+            chunk=0,
+        )
+        assert decoded.messages == [
+            BadMessage("its 'log' message is invalid: Expected `str`, got `int` - at `$.message`"),
+            Closed(),
+        ]
+        assert decoded.bad == (0,)
+
+    def test_mistyped_field_from_a_newer_minor_is_passed_on_with_the_path(self) -> None:
+        """From a newer minor protocol the same message is an UnknownMessage with the path."""
+        data = forge(b'{"kind":"log","message":5}\n', protocol="1.3")
+        decoded = parse_chunk(data, writer="w", chunk=0)
         assert decoded.messages == [
             UnknownMessage(
                 kind="log",
@@ -400,15 +417,102 @@ class TestForwardCompatibility:
                 reason="Expected `str`, got `int` - at `$.message`",
             )
         ]
+        assert decoded.bad == ()
 
-    @pytest.mark.parametrize("line", [b"[1,2]", b'"text"', b"{not json", b'{"kind":3}'])
-    def test_non_message_lines_are_passed_on(self, line: bytes) -> None:
-        """A line that is not a message object becomes UnknownMessage with its raw value."""
-        decoded = parse_chunk(forge(line + b"\n"), writer="w", chunk=0)
-        [message] = decoded.messages
-        assert isinstance(message, UnknownMessage)
-        assert (message.kind, message.reason) == ("", "not a message object")
-        assert message.data == {"raw": msgspec.json.decode(line) if line != b"{not json" else None}
+    @pytest.mark.parametrize(
+        ("line", "detail"),
+        [
+            (b"[1,2]", "it is not a message (an object with a string `kind`)"),
+            (b'"text"', "it is not a message (an object with a string `kind`)"),
+            (b'{"kind":3}', "it is not a message (an object with a string `kind`)"),
+            (b"{not json", "it is not valid JSON (JSON is malformed: "),
+            (b'{"kind":"log","message":"\xff\xfe"}', "it is not valid JSON ("),
+        ],
+        ids=["array", "string", "kind-not-text", "not-json", "not-utf8"],
+    )
+    @pytest.mark.parametrize("protocol", ["1.0", "1.9"])
+    def test_a_line_that_is_not_a_message_is_a_bad_message(
+        self, line: bytes, detail: str, protocol: str
+    ) -> None:
+        """Undecodable data in an intact chunk is a BadMessage, not an unknown message, and
+        the lines around it are delivered."""
+        body = b'{"kind":"log","message":"a"}\n' + line + b'\n{"kind":"closed","count":2}\n'
+        decoded = parse_chunk(forge(body, count=3, protocol=protocol), writer="w", chunk=0)
+        first, bad, last = decoded.messages
+        assert first == Log(message="a")
+        assert isinstance(bad, BadMessage) and bad.detail.startswith(detail), bad
+        assert last == Closed(count=2)
+        assert decoded.bad == (1,)
+
+
+class TestNesting:
+    """Nesting is bounded by one limit, shared with the writer."""
+
+    @pytest.mark.parametrize("encoding", ["jsonl", "msgpack"])
+    @pytest.mark.parametrize("depth", [MAX_NESTING, 990, 5000])
+    def test_a_message_nested_too_deep_is_a_bad_message(self, encoding: str, depth: int) -> None:
+        """A message nested deeper than MAX_NESTING (the message itself is one level) is a
+        BadMessage; the others in the chunk are delivered, however deep the stack."""
+        deep = b'{"kind":"custom","payload":' + b"[" * depth + b"]" * depth + b"}"
+        if encoding == "jsonl":
+            body = b'{"kind":"log","message":"a"}\n' + deep + b'\n{"kind":"closed","count":2}\n'
+        else:
+            items = (
+                msgspec.msgpack.encode(Log(message="a"))
+                + b"\x82\xa4kind\xa6custom\xa7payload"
+                + b"\x91" * (depth - 1)
+                + b"\x90"
+                + msgspec.msgpack.encode(Closed(count=2))
+            )
+            body = b"\xdd" + (3).to_bytes(4, "big") + items
+        decoded = parse_chunk(forge(body, count=3, encoding=encoding), writer="w", chunk=0)
+        assert decoded.messages[0] == Log(message="a")
+        assert decoded.messages[1] == BadMessage(
+            f"it is nested deeper than {MAX_NESTING} levels of arrays and objects"
+        )
+        assert decoded.messages[2] == Closed(count=2)
+        assert decoded.bad == (1,)
+
+    @pytest.mark.parametrize("encoding", ["jsonl", "msgpack"])
+    def test_the_deepest_allowed_message_is_delivered(self, encoding: str) -> None:
+        """A message exactly MAX_NESTING deep is delivered as it was written."""
+        payload: Any = 1
+        for _ in range(MAX_NESTING - 1):
+            payload = [payload]
+        message = Custom(payload=payload)
+        decoded = parse_chunk(chunk([message], encoding=encoding), writer="w", chunk=0)
+        assert decoded.messages == [message]
+        assert decoded.bad == ()
+
+    def test_brackets_inside_strings_do_not_count(self) -> None:
+        """Text full of brackets is not nesting: it is delivered, also when unbalanced."""
+        messages = [Log(message="[" * 500), Log(message="{" * 300 + "]" * 700)]
+        decoded = parse_chunk(chunk(messages), writer="w", chunk=0)
+        assert decoded.messages == messages
+
+    @pytest.mark.parametrize("depth", [MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 1, 3000])
+    def test_json_and_value_checks_agree(self, depth: int) -> None:
+        """The byte-level test and the value-level test draw the line at the same depth."""
+        value: Any = 0
+        for _ in range(depth):
+            value = {"k": [value]} if depth % 2 else [value]
+        text = b"[" * depth + b"0" + b"]" * depth
+        assert json_too_deep(text) is (depth > MAX_NESTING)
+        assert json_too_deep(text, exact=False) is (depth > MAX_NESTING)
+        listed: Any = 0
+        for _ in range(depth):
+            listed = [listed]
+        assert value_too_deep(listed) is (depth > MAX_NESTING)
+
+    def test_a_header_nested_too_deep_is_corrupt(self) -> None:
+        """A header line with a deeply nested extra member is a corrupt chunk, not a crash."""
+        line = (
+            b'{"format":"pipes-bus-chunk","protocol":"1.0","x":'
+            + b"[" * 20000
+            + b"]" * 20000
+            + b"}"
+        )
+        assert problem(line + b"\n").reason == "corrupt"
 
 
 class TestSigning:

@@ -113,6 +113,37 @@ class TestBootstrap:
         for secret in ("AKIA-SECRET", "s3cr3t", "zzz", "kkk"):
             assert secret not in everything
 
+    def test_only_options_known_to_be_safe_reach_the_worker(self, tmp_path: Path) -> None:
+        """An allow-list decides: headers (with an Authorization), a passphrase, an apikey
+        and any option nobody vetted stay with the orchestrator, and are named."""
+        session = Session(
+            str(tmp_path / "bus"),
+            storage_options={
+                "headers": {"Authorization": "Bearer tok-123"},
+                "passphrase": "pass-456",
+                "apikey": "key-789",
+                "my_plugin_setting": "opaque-000",
+                "endpoint_url": "http://127.0.0.1:9",
+                "config_kwargs": {"signature_version": "s3v4", "proxies": {"h": "u:p@x"}},
+            },
+        )
+        raw = json.loads(zlib.decompress(base64.urlsafe_b64decode(session.env[SESSION_ENV])))
+        assert raw["storage_options"] == {
+            "endpoint_url": "http://127.0.0.1:9",
+            "config_kwargs": {"signature_version": "s3v4"},
+        }
+        assert session.withheld_options == [
+            "headers",
+            "passphrase",
+            "apikey",
+            "my_plugin_setting",
+            "config_kwargs.proxies",
+        ]
+        everything = " ".join(session.env.values())
+        for secret in ("tok-123", "pass-456", "key-789", "opaque-000", "u:p@x"):
+            assert secret not in everything
+        assert "not handed to the worker: headers, passphrase" in session.diagnose()
+
     def test_a_garbled_bootstrap_is_a_clear_error(self) -> None:
         """A PIPES_BUS_SESSION that is not ours fails with a ConfigurationError naming it."""
         with pytest.raises(ConfigurationError, match=SESSION_ENV):

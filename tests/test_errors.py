@@ -169,7 +169,7 @@ class TestTranslation:
         assert type(error) is TransientStoreError
         assert str(error) == (
             "Cannot read s3://b/root/s/x: the store had a transient failure "
-            "(ConnectionResetError: reset by peer). It will be retried."
+            "(ConnectionResetError: reset by peer)."
         )
         assert (error.url, error.key) == ("s3://b/root/", "s/x")
 

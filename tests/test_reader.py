@@ -23,6 +23,7 @@ from pipes_bus import (
     StreamFault,
     TransientStoreError,
     UnknownMessage,
+    UnreadableObjectError,
     WriterSettings,
 )
 from pipes_bus._chunk import build_chunk, checksum
@@ -273,14 +274,17 @@ class TestReadAhead:
     def test_nothing_is_fetched_past_a_final_chunk(
         self, bus: MemoryTransport, clock: FakeClock
     ) -> None:
-        """A stream's last chunk ends its reads: no request for a chunk that cannot exist."""
+        """A stream's last chunk ends its reads: nothing is fetched ahead past it, and the
+        next key gets exactly one look, to report anything that follows a final chunk."""
         put_chunk(bus, 0, 0, logs(0, 2))
         put_chunk(bus, 1, 2, logs(2, 2), final=True)
         store = ReadAhead(bus)
         r = reader(store, clock, discover_interval=60)
         r.discover()
         assert seqs(r.poll()) == [0, 1, 2, 3]
-        assert store.keys == [key(0), key(1)]
+        assert store.keys == [key(0), key(1), key(2)]
+        assert r.poll() == []
+        assert store.keys == [key(0), key(1), key(2)]
 
     def test_a_pass_cut_short_keeps_its_fetch_for_the_next(
         self, bus: MemoryTransport, clock: FakeClock
@@ -530,12 +534,145 @@ class TestFaults:
         assert isinstance(r.last_error, TransientStoreError)
         assert faulty.injected["error"] > 0
 
+    def test_strangers_of_the_same_name_in_two_streams_are_each_reported(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """A foreign object is reported once per key: ``b/junk`` after ``a/junk`` too."""
+        for writer in ("a", "b"):
+            put_chunk(bus, 0, 0, logs(0, 1), writer=writer)
+            assert bus.put_if_absent(f"{stream_prefix(SESSION, writer)}/junk", b"x")
+        assert bus.put_if_absent(f"{SESSION}/streams/bad name", b"x")
+        r = reader(bus, clock)
+        first = r.poll() + r.scan()
+        assert sorted(k for k, _, _ in faults(first)) == sorted(
+            [
+                f"{SESSION}/streams/bad name",
+                f"{stream_prefix(SESSION, 'a')}/junk",
+                f"{stream_prefix(SESSION, 'b')}/junk",
+            ]
+        )
+        assert faults(r.poll() + r.scan()) == []
+
+    def test_one_unreadable_object_is_a_fault_and_every_other_stream_goes_on(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """An object that cannot be read (a folder, a FIFO, access denied) is a fault naming
+        its key; its stream reports the messages it lost, and other streams are delivered."""
+        put_chunk(bus, 0, 0, logs(0, 2))
+        put_chunk(bus, 1, 2, logs(2, 1))
+        put_chunk(bus, 0, 0, logs(0, 2), writer="other")
+
+        class OneBadKey(FaultyTransport):
+            def get(self, k: str, *, max_size: int | None = None) -> bytes | None:
+                if k == key(0):
+                    raise UnreadableObjectError(
+                        f"{k} is a folder", url=self.url, key=k, reason="foreign"
+                    )
+                return self.inner.get(k, max_size=max_size)
+
+        items = reader(OneBadKey(bus), clock).poll()
+        assert sorted(faults(items)) == [(key(0), "foreign", None), (key(1), "gap", (0, 1))]
+        assert sorted((w, q) for w, q, _, _ in events(items)) == [
+            ("other", 0),
+            ("other", 1),
+            ("w", 2),
+        ]
+
     def test_permanent_read_errors_are_raised(self, bus: MemoryTransport, clock: FakeClock) -> None:
         """A permanent store failure (say, access denied) is raised by poll, not hidden."""
         put_chunk(bus, 0, 0, logs(0, 1))
         faulty = FaultyTransport(bus, FaultPlan(permanent=frozenset({"get"})))
         with pytest.raises(PermanentStoreError, match="injected permanent failure: get"):
             reader(faulty, clock).poll()
+
+
+class TestHostileChunks:
+    """Intact chunks whose content breaks the protocol: faults name the key and the
+    messages lost, and every other message is delivered."""
+
+    def put_lines(
+        self,
+        bus: Transport,
+        lines: list[bytes],
+        *,
+        n: int = 0,
+        first: int = 0,
+        final: bool = False,
+        writer: str = "w",
+    ) -> None:
+        """Store chunk ``n`` whose JSON Lines body is ``lines``, exactly as given."""
+        body = b"".join(line + b"\n" for line in lines)
+        data = build_chunk(
+            writer=writer, chunk=n, first=first, count=len(lines), body=body, final=final
+        )
+        assert bus.put_if_absent(key(n, writer), data)
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            b'{"kind":"custom","payload":' + b"[" * 990 + b"]" * 990 + b"}",
+            b"{not json at all",
+            b'{"kind":"log","message":"\xc3\x28"}',
+            b"[1,2,3]",
+        ],
+        ids=["nested-990", "not-json", "not-utf8", "not-an-object"],
+    )
+    def test_an_undeliverable_message_is_a_corrupt_fault_with_its_seq(
+        self, bus: MemoryTransport, clock: FakeClock, line: bytes
+    ) -> None:
+        """One bad message among good ones: a corrupt fault at its key, lost=(seq, seq); the
+        messages before and after it, in the same poll and later ones, are delivered."""
+        self.put_lines(
+            bus, [b'{"kind":"log","message":"0"}', line, b'{"kind":"log","message":"2"}']
+        )
+        self.put_lines(bus, [b'{"kind":"closed","count":3}'], n=1, first=3, final=True)
+        put_chunk(bus, 0, 0, logs(0, 1), writer="other")
+        items = reader(bus, clock).poll()
+        mine = [i for i in items if i.writer == "w"]
+        assert [type(i).__name__ for i in mine] == ["Event", "StreamFault", "Event", "Event"]
+        fault = mine[1]
+        assert isinstance(fault, StreamFault)
+        assert (fault.key, fault.reason, fault.lost) == (key(0), "corrupt", (1, 1))
+        assert fault.detail.startswith("message 1 is not delivered: ")
+        assert seqs(mine) == [0, 2, 3]
+        assert seqs([i for i in items if i.writer == "other"]) == [0]
+
+    def test_a_wrong_closed_count_is_a_fault(self, bus: MemoryTransport, clock: FakeClock) -> None:
+        """`closed` must count the messages before it; a wrong count is a fault naming it."""
+        self.put_lines(
+            bus, [b'{"kind":"log","message":"0"}', b'{"kind":"closed","count":7}'], final=True
+        )
+        items = reader(bus, clock).poll()
+        assert seqs(items) == [0, 1]
+        [fault] = [i for i in items if isinstance(i, StreamFault)]
+        assert (fault.key, fault.reason) == (key(0), "corrupt")
+        assert fault.detail == (
+            "the stream breaks the protocol: `closed` says 7 messages came before it; "
+            "the stream holds 1"
+        )
+
+    def test_a_chunk_after_the_final_one_is_a_fault(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """Anything at the key after a final chunk is reported, not silently dropped."""
+        self.put_lines(bus, [b'{"kind":"closed","count":0}'], final=True)
+        self.put_lines(bus, [b'{"kind":"log","message":"late"}'], n=1, first=1)
+        items = reader(bus, clock).poll()
+        assert seqs(items) == [0]
+        assert faults(items) == [(key(1), "corrupt", None)]
+        assert "follows the stream's final chunk" in str(items[-1])
+
+    def test_a_session_stream_must_start_with_opened(
+        self, bus: MemoryTransport, clock: FakeClock
+    ) -> None:
+        """With expect_opened (sessions), a stream whose first message is not `opened` gets a
+        fault before its messages, which are still delivered."""
+        put_chunk(bus, 0, 0, logs(0, 2))
+        items = reader(bus, clock, expect_opened=True).poll()
+        assert [type(i).__name__ for i in items] == ["StreamFault", "Event", "Event"]
+        assert faults(items) == [(key(0), "corrupt", None)]
+        assert str(items[0]).endswith("its first message is not `opened`")
+        assert faults(reader(bus, clock).poll()) == []
 
 
 class TestSplitCustom:

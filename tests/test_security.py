@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,33 @@ class TestRedaction:
             "https://a/c?sv=1&sig=***&se=2 https://s3/x?X-Amz-Signature=*** "
             "aws_secret_access_key='***' failed with ***"
         )
+
+    @pytest.mark.parametrize(
+        ("raw", "clean"),
+        [
+            ("s3://AKIA:wJalr/secret@bucket/p", "s3://AKIA:***@bucket/p"),
+            ("https://user:hunter2@proxy:8080/x", "https://user:***@proxy:8080/x"),
+            ("{'passphrase': 'open-sesame'}", "{'passphrase': '***'}"),
+            ("apikey=abc123 api_key: 'def'", "apikey=*** api_key: '***'"),
+            ("{'headers': {'Authorization': 'Bearer xyz'}}", "{'headers': {'Authorization': '***'}}"),
+            ("abfs://container@account.dfs.core.windows.net/x", "abfs://container@account.dfs.core.windows.net/x"),
+        ],
+        ids=["url-password", "http-userinfo", "passphrase", "apikey", "headers", "no-password"],
+    )
+    def test_wider_credentials_are_scrubbed(self, raw: str, clean: str) -> None:
+        """URL passwords, passphrases, API keys and Authorization headers become ***."""
+        assert redact(raw) == clean
+
+    def test_a_password_in_a_bus_url_is_not_printed(self, tmp_path: Path) -> None:
+        """An error about a bus URL with userinfo names the URL without its password."""
+        out = subprocess.run(
+            [sys.executable, "-m", "pipes_bus", "run", "--bus", "nosuch://me:topsecret@h/b",
+             "--", "true"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 2
+        assert "topsecret" not in out.stderr + out.stdout
+        assert "nosuch://me:***@h/b" in out.stderr
 
     def test_store_errors_carry_no_secrets(self) -> None:
         """A lower-layer error quoting a connection string is translated without the key."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from pipes_bus import (
     WriterSettings,
 )
 from pipes_bus._chunk import ChunkProblem, parse_header
+from pipes_bus._limits import MAX_NESTING, MiB
 from pipes_bus._keys import chunk_key, stream_prefix
 from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
@@ -133,6 +136,14 @@ class ScriptedTransport(GatedTransport):
         if action == "lost":
             raise TransientStoreError(f"scripted lost reply on {key}", url=self.url, key=key)
         return created
+
+
+def nested(depth: int) -> Any:
+    """A value of ``depth`` nested lists."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def no_sleep(seconds: float) -> None:
@@ -416,6 +427,51 @@ class TestCallSiteErrors:
         assert got[:2] == [(0, Custom(payload="before")), (1, Custom(payload="after"))]
         assert got[2][1] == Closed(count=2, time=got[2][1].time)
 
+    @pytest.mark.parametrize("encoding", ["jsonl", "msgpack"])
+    @pytest.mark.parametrize(
+        "failure",
+        [KeyError("tz"), RecursionError("deep"), ZeroDivisionError()],
+        ids=["keyerror", "recursion", "any"],
+    )
+    def test_a_failed_encode_leaves_nothing_in_the_buffer(
+        self, bus: MemoryTransport, encoding: str, failure: Exception
+    ) -> None:
+        """Whatever an encode raises midway (a tzinfo whose utcoffset raises KeyError,
+        say), nothing of that message stays: the next message is not glued onto it."""
+
+        class Raising(datetime.tzinfo):
+            def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+                raise failure
+
+        writer = make_writer(bus, encoding=encoding)
+        writer.write(Custom(payload="before"))
+        when = datetime.datetime(2024, 1, 1, tzinfo=Raising())
+        with pytest.raises(EncodeError, match=r"Cannot encode Custom message: .*Nothing was"):
+            writer.write(Custom(payload={"a": "x" * 100, "when": when}))
+        writer.write(Custom(payload="after"))
+        writer.close()
+        got = messages(read_all(bus))
+        assert [m for _, m in got[:2]] == [Custom(payload="before"), Custom(payload="after")]
+        assert [seq for seq, _ in got] == [0, 1, 2]
+        assert isinstance(got[2][1], Closed)
+
+    @pytest.mark.parametrize("encoding", ["jsonl", "msgpack"])
+    def test_nesting_over_the_shared_limit_is_refused_at_the_call_site(
+        self, bus: MemoryTransport, encoding: str
+    ) -> None:
+        """A payload nested deeper than MAX_NESTING raises EncodeError; the deepest allowed
+        one (the message itself is a level) is kept, and readers deliver it."""
+        writer = make_writer(bus, encoding=encoding)
+        with pytest.raises(EncodeError, match=f"nested deeper than {MAX_NESTING} levels"):
+            writer.write(Custom(payload=nested(MAX_NESTING)))
+        with pytest.raises(EncodeError, match="nested deeper than"):
+            writer.write(Custom(payload=nested(990)))
+        writer.write(Custom(payload=nested(MAX_NESTING - 1)))
+        writer.close()
+        got = messages(read_all(bus))
+        assert [m for _, m in got[:1]] == [Custom(payload=nested(MAX_NESTING - 1))]
+        assert [seq for seq, _ in got] == [0, 1]
+
     def test_encode_error_is_a_type_error(self) -> None:
         """EncodeError can be caught as TypeError, as a plain encoder's error would be."""
         assert issubclass(EncodeError, TypeError)
@@ -496,6 +552,13 @@ class TestRetries:
             writer.flush()
         assert scripted.puts == ["error"] * 3
         assert isinstance(info.value.__cause__, TransientStoreError)
+        text = str(info.value)
+        assert "retried" not in text.replace("retry policy", "")
+        assert re.search(
+            r"Gave up after 3 attempts over \d+\.\d s \(the retry policy: deadline 120 s, "
+            r"at most 3 attempts\)\.$",
+            text,
+        ), text
 
 
 class TestDeliveryFailure:
@@ -657,6 +720,42 @@ class TestClose:
         assert closed.exception.message == "[Errno 2] No such file: '/data/\\udcff.csv'"
         assert closed.exception.cause is not None
         assert closed.exception.cause.message == "\\udcfe"
+
+    def test_closed_is_bounded_and_says_what_it_cut(self, bus: MemoryTransport) -> None:
+        """An exception with a 100 MB message, a deep stack and a long chain still closes
+        the stream in a chunk every reader accepts; what was cut says so."""
+        writer = make_writer(bus)
+        huge = ValueError("x" * (100 * 1024 * 1024))
+        error: BaseException = huge
+        for n in range(30):
+            link = KeyError(n)
+            link.__cause__ = error
+            error = link
+        info = ExceptionInfo.from_exception(error)
+        writer.close(
+            msgspec.structs.replace(info, stack=[f"frame {i}\n" for i in range(500)])
+        )
+        items = SessionReader(bus, SESSION, discover_interval=0, max_chunk_bytes=2 * MiB).poll()
+        [(_, closed)] = messages(items)
+        assert isinstance(closed, Closed) and closed.exception is not None
+        exc = closed.exception
+        assert len(exc.stack) == 51
+        assert exc.stack[10] == "... [450 frames omitted]\n"
+        assert exc.stack[:10] == [f"frame {i}\n" for i in range(10)]
+        chain = []
+        link_info: ExceptionInfo | None = exc
+        while link_info is not None:
+            chain.append(link_info)
+            link_info = link_info.cause
+        assert len(chain) == 17
+        assert chain[-1].message.endswith(" [the rest of the exception chain was cut]")
+        small = ExceptionInfo.from_exception(huge)
+        assert small.message == "x" * 16384 + "... [truncated: 104857600 characters in all]"
+
+    def test_closed_of_a_small_exception_is_unchanged(self) -> None:
+        """bounded() returns an exception within the limits as it is."""
+        info = ExceptionInfo(type="E", message="m", stack=["s"] * 50)
+        assert info.bounded() is info
 
     def test_repr_names_the_stream(self, bus: MemoryTransport) -> None:
         """repr(writer) shows the stream's full location."""

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._context import KEY_ENV
-from .._errors import ConfigurationError, PipesBusError
+import msgspec
+
+from .._context import KEY_ENV, make_context, parse_key
+from .._errors import ConfigurationError, PipesBusError, StoreError
 from .._reader import SessionCursor
-from .._redact import redact
+from .._redact import printable, redact
 from .._retry import PollSchedule
 from .._session import (
     BUS_ENV,
+    DEFAULT_SETTLE,
     EXIT_INCOMPLETE,
     EXIT_UNDELIVERABLE,
     EXIT_WORKER_FAILED,
@@ -62,15 +66,19 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
 def _context(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
+    where = "--context"
     if text.startswith("@"):
+        where = f"--context {text}"
         try:
-            text = Path(text[1:]).read_text()
+            text = Path(text[1:]).read_bytes().decode("utf-8")
         except OSError as exc:
-            raise ConfigurationError(f"--context {text}: cannot read the file: {exc}") from exc
+            raise ConfigurationError(f"{where}: cannot read the file: {exc}") from exc
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{where}: the file is not UTF-8 text (JSON).") from None
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"--context is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ConfigurationError('--context must be a JSON object, e.g. \'{"asset_keys": ["a"]}\'.')
     return value
@@ -124,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long to wait for writers still open after the command exits (default 10)",
+    )
+    run.add_argument(
+        "--settle",
+        type=float,
+        default=DEFAULT_SETTLE,
+        metavar="SECONDS",
+        help="after the command exits, look for writers once more this much later, so that "
+        f"one that opens just after the exit is followed too (default {DEFAULT_SETTLE:g})",
     )
     run.add_argument(
         "--injector",
@@ -210,13 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tail(args)
         return _ls(args)
     except ConfigurationError as exc:
-        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
+        print(f"pipes-bus: {printable(redact(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE
     except PipesBusError as exc:
-        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
+        print(f"pipes-bus: {printable(redact(str(exc)))}", file=sys.stderr)
         return EXIT_STORE
     except OSError as exc:
-        print(f"pipes-bus: {redact(str(exc))}", file=sys.stderr)
+        print(f"pipes-bus: {printable(redact(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pipes-bus: interrupted", file=sys.stderr)
@@ -236,6 +252,27 @@ def _follow(
             _save_cursor(cursor, session.cursor)
 
 
+def _load_cursor(path: Path, session_id: str) -> SessionCursor | None:
+    """The cursor saved at ``path``, None if there is none; a clear error if it is not one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigurationError(f"--cursor {path}: cannot read it: {exc}") from exc
+    try:
+        cursor = SessionCursor.loads(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ConfigurationError(
+            f"--cursor {path} is not a pipes_bus cursor ({exc}); delete it to start over."
+        ) from exc
+    if cursor.session != session_id:
+        raise ConfigurationError(
+            f"--cursor {path} is for session {cursor.session!r}, not {session_id!r}."
+        )
+    return cursor
+
+
 def _save_cursor(path: Path, cursor: SessionCursor) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(cursor.dumps())
@@ -243,6 +280,7 @@ def _save_cursor(path: Path, cursor: SessionCursor) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .._process import LocalProcess, StopPolicy
     from ._events import EventSink
     from ._view import make_view
 
@@ -255,7 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     session = Session(
         args.bus,
-        context=_context(args.context),
+        context=make_context(_context(args.context), what="--context"),
         storage_options=_storage_options(args.storage_option),
         injector=args.injector,
         session_id=args.session_id,
@@ -265,34 +303,120 @@ def _run(args: argparse.Namespace) -> int:
         poll=PollSchedule(minimum=args.poll) if args.poll is not None else None,
         collect=False,
         grace=args.grace,
+        settle=args.settle,
     )
-    view = make_view(quiet=args.quiet)
+    require_shared(session)
+    # The command's own stdout and stderr reach this terminal already: captured copies of
+    # them are not printed twice (they are in --events and the result).
+    view = make_view(quiet=args.quiet, show_output=False)
     sink = EventSink(args.events) if args.events else None
     cursor = Path(args.cursor) if args.cursor else None
-    # One cheap request before launching anything: a missing bucket or a denied
-    # credential fails here, naming the URL, instead of after the command started.
-    session.transport.list(session.id)
-    env = {**os.environ, **session.env}
-    try:
-        process = subprocess.Popen([*command, *session.args], env=env)
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot start {command[0]!r}: {exc}") from exc
+    process = LocalProcess(
+        [*command, *session.args],
+        env={**os.environ, **session.env},
+        policy=StopPolicy(grace=args.grace),
+    )
     view.start(f"session {session.id} on {session.bus}")
-    previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    stops = _Stops(process, view)
+    session._sleep = stops.sleep
     try:
-        _follow(session, view, sink, lambda: process.poll() is not None, None, cursor)
-    except KeyboardInterrupt:
-        # The worker got the same Ctrl-C from the terminal; give it time to close.
-        _follow(session, view, sink, lambda: process.poll() is not None, args.grace, cursor)
+        with stops.handling():
+            try:
+                _follow(session, view, sink, stops.done, None, cursor)
+            except StoreError as exc:
+                # The bus failed; the command may still be working. Its status decides.
+                session.result.bus_error = str(exc)
+                view.line(f"pipes-bus: {exc}; waiting for the command to exit", "red")
+                while not stops.done():
+                    stops.sleep(1.0)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None or process.group_alive():
+            process.stop_now()  # never leave the command behind, whatever happened here
         session.result.exit_code = process.wait()
+        session.result.stopped = stops.reason
         if sink is not None:
             sink.close()
         session.close()
     result = session.result
     view.finish(result, session.url)
     return result.exit_status()
+
+
+class _Stops:
+    """Ctrl-C and SIGTERM while `run` follows a command.
+
+    The first Ctrl-C passes SIGINT on to the command's process group and starts the grace;
+    the next one, or the end of the grace, terminates the group (SIGTERM, then SIGKILL);
+    a third kills it at once. SIGTERM and SIGHUP are passed on the same way.
+    """
+
+    def __init__(self, process: Any, view: Any) -> None:
+        self.process = process
+        self.view = view
+        self.reason: str | None = None
+        self.interrupts = 0
+        self._wake = threading.Event()
+        self._notes: list[str] = []
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        process = self.process
+        grace = process.policy.grace
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts == 1:
+                self.reason = "pipes-bus passed on an interrupt"
+                process.request_stop("interrupt", signal.SIGINT)
+                self._notes.append(
+                    f"interrupted: passed it on to the command; waiting up to {grace:g} s "
+                    "for it to finish (Ctrl-C again to stop it now)"
+                )
+            elif self.interrupts == 2:
+                process.terminate()
+                self._notes.append(
+                    "stopping the command: SIGTERM to its process group, SIGKILL in "
+                    f"{process.policy.kill_after:g} s (Ctrl-C again to kill it now)"
+                )
+            else:
+                process.kill()
+                self._notes.append("killing the command's process group")
+        else:
+            name = signal.Signals(signum).name
+            self.reason = self.reason or f"pipes-bus received {name}"
+            process.request_stop(name, signum)
+            self._notes.append(f"received {name}: passed it on to the command")
+        self._wake.set()
+
+    def done(self) -> bool:
+        """Whether the command has exited; carries out any escalation that is due."""
+        while self._notes:
+            self.view.line(f"pipes-bus: {self._notes.pop(0)}", "yellow")
+        self.process.tick()
+        return bool(self.process.poll() is not None)
+
+    def sleep(self, seconds: float) -> None:
+        due = self.process.next_deadline()
+        self._wake.wait(seconds if due is None else min(seconds, due))
+        self._wake.clear()
+
+
+def require_shared(session: Session) -> None:
+    """Refuse a bus the launched command cannot reach (one in this process's memory)."""
+    if not session.transport.capabilities.shared:
+        raise ConfigurationError(
+            f"The bus {session.bus} lives in this process's memory: a command launched from "
+            "here cannot reach it, and every message would be lost. Use a directory (the "
+            "default) or an object store."
+        )
 
 
 def _split_session_url(url: str) -> tuple[str, str]:
@@ -315,13 +439,11 @@ def _tail(args: argparse.Namespace) -> int:
 
     validate_id("session id", session_id)
     transport = open_transport(bus, **_storage_options(args.storage_option))
-    cursor = None
-    if cursor_path is not None and cursor_path.exists():
-        cursor = SessionCursor.loads(cursor_path.read_bytes())
+    cursor = _load_cursor(cursor_path, session_id) if cursor_path is not None else None
     if not transport.list(session_id):
         raise ConfigurationError(f"There is no session at {transport.describe(session_id)}.")
     secret = os.environ.get(KEY_ENV)
-    key = bytes.fromhex(secret) if secret else None
+    key = parse_key(secret) if secret else None
     session = Session.attach(transport, session_id, cursor=cursor, key=key, collect=False)
     view = make_view(quiet=args.quiet)
     sink = EventSink(args.events, resume=cursor_path is not None) if args.events else None
@@ -332,7 +454,7 @@ def _tail(args: argparse.Namespace) -> int:
         polls[0] += 1
         if args.once:
             return True
-        return bool(session.reader.writers) and not session.reader.open_writers
+        return bool(session.writers) and not session.open_writers
 
     try:
         _follow(session, view, sink, done, 0.0, cursor_path)

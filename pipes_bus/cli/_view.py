@@ -11,10 +11,21 @@ import time
 from typing import Any
 
 from .._reader import Event, StreamFault, split_custom
+from .._redact import printable, redact
 from .._schema import Check, Closed, Custom, Log, Materialization, Opened, Output, Progress
 from .._session import SessionResult
 
-__all__ = ["make_view"]
+__all__ = ["make_view", "safe"]
+
+
+def safe(text: str) -> str:
+    """What the view prints of ``text``: one line, no control characters, no credentials.
+
+    Most of what the view shows comes from workers, and anyone who can write to the bus
+    can be a worker: escaping here keeps them from forging lines or driving the terminal.
+    """
+    return printable(redact(text))
+
 
 _LEVEL_STYLE = {
     "debug": "dim",
@@ -40,8 +51,9 @@ def _metadata_text(metadata: dict[str, Any]) -> str:
 class PlainView:
     """Plain lines on stderr, progress throttled to one line per bar every 2 s."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, show_output: bool = True) -> None:
         self.quiet = quiet
+        self.show_output = show_output
         self.labels: dict[str, str] = {}
         self.count = 0
         self._progress_at: dict[tuple[str, str | None], float] = {}
@@ -51,7 +63,7 @@ class PlainView:
             self.line(header)
 
     def line(self, text: str, style: str = "") -> None:
-        print(text, file=sys.stderr, flush=True)
+        print(safe(text), file=sys.stderr, flush=True)
 
     def who(self, writer: str) -> str:
         return self.labels.get(writer, writer)
@@ -101,6 +113,8 @@ class PlainView:
             self.progress(item.writer, message)
         elif kind is Output:
             assert isinstance(message, Output)
+            if not self.show_output:
+                return
             for text in message.text.rstrip("\n").split("\n"):
                 self.line(f"[{who} {message.stream}] {text}", "dim")
         elif kind is Opened:
@@ -167,8 +181,8 @@ class PlainView:
 class RichView(PlainView):
     """Rich rendering with live progress bars."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        super().__init__(quiet)
+    def __init__(self, quiet: bool = False, show_output: bool = True) -> None:
+        super().__init__(quiet, show_output)
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -197,7 +211,7 @@ class RichView(PlainView):
     def line(self, text: str, style: str = "") -> None:
         from rich.text import Text
 
-        self.console.print(Text(text, style=style or ""))
+        self.console.print(Text(safe(text), style=style or ""))
 
     def progress(self, writer: str, message: Progress) -> None:
         key = (writer, message.label)
@@ -216,13 +230,14 @@ class RichView(PlainView):
         super().finish(result, where)
 
 
-def make_view(*, quiet: bool, rich: bool | None = None) -> PlainView:
-    """The best view this terminal supports."""
+def make_view(*, quiet: bool, rich: bool | None = None, show_output: bool = True) -> PlainView:
+    """The best view this terminal supports. ``show_output``: print captured output events
+    (off where the command's own output already reaches the terminal)."""
     if rich is None:
         rich = sys.stderr.isatty()
     if rich:
         try:
-            return RichView(quiet)
+            return RichView(quiet, show_output)
         except ImportError:
             pass
-    return PlainView(quiet)
+    return PlainView(quiet, show_output)

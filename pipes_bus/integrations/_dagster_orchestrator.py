@@ -28,8 +28,9 @@ from .._dagster import (
     message_to_dagster,
 )
 from .._reader import Event, StreamFault
+from .._redact import public_options
 from .._schema import Closed, ExceptionInfo, Opened
-from .._session import ContextInjector, Injection, Session, SessionResult, public_options
+from .._session import ContextInjector, Injection, Session, SessionResult
 from ..transports import Transport, open_transport
 from ..transports._file import FileTransport
 from .dagster import CONTEXT_PARAMS_KEY, PARAMS_KEY
@@ -293,7 +294,7 @@ class PipesBusContextInjector(PipesContextInjector):
                 CONTEXT_PARAMS_KEY: {
                     "bus": bus,
                     "key": key,
-                    "storage_options": public_options(self.storage_options),
+                    "storage_options": public_options(self.storage_options)[0],
                     "sha256": hashlib.sha256(body).hexdigest(),
                     "size": len(body),
                 }

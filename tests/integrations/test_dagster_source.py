@@ -363,6 +363,81 @@ class TestFileStream:
         assert [e.seq for e in events(again.poll())] == [3, 4, 5]
 
 
+class TestHostileFile:
+    """What anyone who can write to the bus may plant at the Dagster messages file."""
+
+    def test_a_line_longer_than_the_limit_is_skipped_with_bounded_memory(
+        self, tmp_path: Path
+    ) -> None:
+        """A line over max_line bytes is one too_large fault; memory holds at most the limit,
+        and the lines after it are delivered."""
+        transport = open_transport(str(tmp_path / "bus"))
+        source = dagster_source(transport, "s-l", max_read=64 * 1024)
+        source.env()
+        source._file.max_line = 100_000  # type: ignore[union-attr]
+        append(source, line("opened", {}) + b'{"method": "log", "params": {"message": "')
+        items = []
+        for _ in range(40):
+            append(source, b"x" * 50_000)
+            items += source.poll()
+            assert len(source._file.tail) <= 100_000 + 64 * 1024  # type: ignore[union-attr]
+        append(source, b'"}}\n' + line("report_custom_message", {"payload": 1}))
+        items += source.poll()
+        assert [(f.reason, f.key) for f in faults(items)] == [("too_large", f"{source.path}:2")]
+        assert customs(items) == [1]
+
+    @pytest.mark.parametrize("kind", ["fifo", "zero"])
+    def test_a_fifo_or_device_at_the_file_is_refused_at_once(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO or a link to /dev/zero at the messages file is one foreign fault, no hang."""
+        transport = open_transport(str(tmp_path / "bus"))
+        source = dagster_source(transport, "s-f")
+        source.env()
+        assert source.path is not None
+        if kind == "fifo":
+            os.mkfifo(source.path)
+        else:
+            os.symlink("/dev/zero", source.path)
+        [fault] = source.poll()
+        assert (fault.reason, fault.key) == ("foreign", source.path)
+        assert source.poll(final=True) == []
+
+    def test_a_line_nested_too_deep_is_a_fault_and_the_rest_is_delivered(
+        self, local: DagsterPipesSource
+    ) -> None:
+        """A Dagster line nested 5,000 deep is a corrupt fault, not a RecursionError."""
+        deep = b'{"method": "report_custom_message", "params": {"payload": '
+        deep += b"[" * 5000 + b"]" * 5000 + b"}}\n"
+        append(local, line("opened", {}) + deep + line("report_custom_message", {"payload": 2}))
+        items = local.poll()
+        assert [(f.reason, f.key) for f in faults(items)] == [("corrupt", f"{local.path}:2")]
+        assert customs(items) == [2]
+
+
+class TestSignedSessions:
+    """Dagster Pipes messages carry no signature: a signed session never trusts them."""
+
+    def test_an_untrusted_source_injects_nothing_and_delivers_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        """Every line found is an unauthenticated fault; no writer is counted as open."""
+        transport = open_transport(str(tmp_path / "bus"))
+        source = dagster_source(transport, "s-x", trusted=False)
+        assert source.env() == {}
+        assert source.path is not None
+        os.makedirs(os.path.dirname(source.path), exist_ok=True)
+        with open(source.path, "ab") as f:
+            f.write(line("opened", {}) + line("closed", {}))
+        items = source.poll()
+        assert events(items) == []
+        assert [(f.reason, f.lost) for f in faults(items)] == [
+            ("unauthenticated", (0, 0)),
+            ("unauthenticated", (1, 1)),
+        ]
+        assert (source.writers, source.open_writers) == ([], [])
+
+
 class TestChunks:
     def test_buses_without_blob_writers_cost_no_store_requests(self, tmp_path: Path) -> None:
         """On local and memory buses nobody writes chunks, so polling makes no request at all."""

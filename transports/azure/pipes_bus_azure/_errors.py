@@ -135,7 +135,7 @@ def translate(
     if verdict == "transient":
         return TransientStoreError(
             f"Cannot {op} {where}: the store had a transient failure ({detail}: "
-            f"{_first_line(exc)}). It will be retried.",
+            f"{_first_line(exc)}).",
             url=url,
             key=key,
         )

@@ -116,8 +116,7 @@ def translate(exc: BaseException, *, url: str, bucket: str, key: str | None, op:
         )
     if verdict == "transient":
         return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({_short(detail)}). "
-            "It will be retried.",
+            f"Cannot {op} {where}: the store had a transient failure ({_short(detail)}).",
             url=url,
             key=key,
         )

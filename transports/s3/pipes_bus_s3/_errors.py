@@ -167,8 +167,7 @@ def translate(exc: BaseException, *, url: str, bucket: str, key: str | None, op:
         )
     if verdict in ("conflict", "transient"):
         return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({detail}). "
-            "It will be retried.",
+            f"Cannot {op} {where}: the store had a transient failure ({detail}).",
             url=url,
             key=key,
         )
