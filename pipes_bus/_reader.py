@@ -20,10 +20,17 @@ from ._errors import (
     UnreadableObjectError,
 )
 from ._retry import PollSchedule
-from ._schema import Closed, Custom, Message, Opened, UnknownMessage
+from ._schema import Closed, Custom, ExceptionInfo, Message, Opened, UnknownMessage
 from .transports import Transport
 
-__all__ = ["Event", "SessionCursor", "SessionReader", "StreamCursor", "StreamFault"]
+__all__ = [
+    "Event",
+    "SessionCursor",
+    "SessionReader",
+    "StreamCursor",
+    "StreamFault",
+    "WriterSummary",
+]
 
 MiB = 1024 * 1024
 # Clock comparisons allow for float rounding: a sleep of exactly (due - now) must be enough.
@@ -139,11 +146,33 @@ def _is_final(data: bytes) -> bool:
         return False
 
 
-class SessionCursor(msgspec.Struct):
-    """A resumable position in every stream of a session. Save it with :meth:`dumps`."""
+class WriterSummary(msgspec.Struct, omit_defaults=True):
+    """What a follower knew of one writer when it saved its cursor."""
+
+    label: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    opened: bool = False
+    closed: bool = False
+    exception: ExceptionInfo | None = None
+    messages: int = 0
+    last_seq: int | None = None
+    last_kind: str | None = None
+
+
+class SessionCursor(msgspec.Struct, omit_defaults=True):
+    """A resumable position in every stream of a session. Save it with :meth:`dumps`.
+
+    A session's cursor (:meth:`~pipes_bus.orchestrator.Session.checkpoint`) also carries what
+    its follower knew: each writer's state, the faults and the counts so far, so that one
+    that takes over ends with the status the first one would have.
+    """
 
     session: str
     streams: dict[str, StreamCursor] = {}
+    writers: dict[str, WriterSummary] = {}
+    faults: list[StreamFault] = []
+    counts: dict[str, int] = {}
 
     def advance(self, event: Event) -> None:
         """Mark ``event`` as consumed."""

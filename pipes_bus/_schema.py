@@ -313,7 +313,8 @@ class ExceptionInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
         """This exception within the size a ``closed`` message may carry.
 
         The message keeps its first 16 KiB characters, the stack its first 10 and last 40
-        entries of at most 2 KiB each, the chain the exception and 16 links below it; whatever is cut says so.
+        entries of at most 2 KiB each, the chain the exception and 16 links below it;
+        whatever is cut says so.
         """
         message = _clip(self.message, EXCEPTION_TEXT_LIMIT)
         stack = [_clip(line, EXCEPTION_FRAME_LIMIT) for line in self.stack]

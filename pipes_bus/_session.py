@@ -30,7 +30,14 @@ from ._context import (
     make_context,
 )
 from ._errors import ConfigurationError
-from ._reader import Event, SessionCursor, SessionReader, StreamFault, split_custom
+from ._reader import (
+    Event,
+    SessionCursor,
+    SessionReader,
+    StreamFault,
+    WriterSummary,
+    split_custom,
+)
 from ._redact import public_options
 from ._retry import PollSchedule
 from ._schema import (
@@ -71,6 +78,8 @@ EXIT_BUS = 6
 # After the launched work exits, the session lists its writers once more this much later:
 # a writer that opens just after the exit (a detached child) is followed too.
 DEFAULT_SETTLE = 0.25
+# Faults a checkpoint keeps (the first ones); one is enough to decide the exit status.
+MAX_KEPT_FAULTS = 1000
 
 
 def default_bus_url() -> str:
@@ -189,6 +198,10 @@ class WriterState:
     messages: int = 0
     last: Event | None = None
     progress: Progress | None = None
+    #: The seq and kind of the last delivered message (kept when ``last`` is not, across a
+    #: follower's restart).
+    last_seq: int | None = None
+    last_kind: str | None = None
 
     @property
     def name(self) -> str:
@@ -197,13 +210,29 @@ class WriterState:
 
     def last_message_text(self) -> str:
         """A short description of the last delivered message."""
-        if self.last is None:
+        if self.last is not None:
+            self.last_seq, self.last_kind = self.last.seq, _kind_of(self.last.message)
+        if self.last_seq is None:
             return "nothing was delivered"
-        message = self.last.message
-        kind = (
-            message.kind if isinstance(message, UnknownMessage) else type(message).__name__.lower()
+        return f"its last delivered message was #{self.last_seq} ({self.last_kind})"
+
+    def summary(self) -> WriterSummary:
+        """This state in the form a cursor keeps."""
+        self.last_message_text()
+        return WriterSummary(
+            **{name: getattr(self, name) for name in WriterSummary.__struct_fields__}
         )
-        return f"its last delivered message was #{self.last.seq} ({kind})"
+
+    @classmethod
+    def from_summary(cls, writer: str, summary: WriterSummary) -> WriterState:
+        """The state a cursor kept of ``writer``."""
+        return cls(writer, **msgspec.structs.asdict(summary))
+
+
+def _kind_of(message: Any) -> str:
+    return (
+        str(message.kind) if isinstance(message, UnknownMessage) else type(message).__name__.lower()
+    )
 
 
 @dataclass
@@ -510,6 +539,13 @@ class Session:
         ]
         self._follow_setup(cursor, grace, collect, poll, sleep, clock)
         self.settle = 0.0
+        if cursor is not None:
+            # What the follower before this one knew: it ends with the same status.
+            result = self.result
+            for writer, summary in cursor.writers.items():
+                result.writers[writer] = WriterState.from_summary(writer, summary)
+            result.faults = list(cursor.faults)
+            result.counts = dict(cursor.counts)
         return self
 
     def __repr__(self) -> str:
@@ -519,6 +555,18 @@ class Session:
     def url(self) -> str:
         """The session's location: bus URL plus session id."""
         return self.transport.describe(self.id)
+
+    def checkpoint(self) -> SessionCursor:
+        """The cursor to save: the position just past everything handed out, and what was
+        learnt on the way (writers, faults, counts). :meth:`attach` resumes from it."""
+        cursor = self.cursor
+        return SessionCursor(
+            cursor.session,
+            cursor.streams,
+            {w: state.summary() for w, state in self.result.writers.items()},
+            self.result.faults[:MAX_KEPT_FAULTS],
+            dict(self.result.counts),
+        )
 
     def on_event(self, callback: Callable[[Event | StreamFault], None]) -> None:
         """Call ``callback`` with every event and fault as it arrives."""

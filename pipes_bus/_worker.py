@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import codecs
 import contextlib
 import logging
 import os
@@ -116,7 +117,11 @@ class Worker:
         self._emit: Callable[[Message], int] = writer.write if writer else _disabled
         self._closed = False
         self.writer_id = writer.writer if writer else ""
-        self.log = logging.getLogger(f"pipes_bus.worker.{self.writer_id or 'disabled'}")
+        # Not logging.getLogger(): the logging module keeps every logger it hands out for
+        # good, and a Dask or Ray process may open thousands of short-lived workers. This
+        # one is freed with its worker, and still passes records on to "pipes_bus.worker".
+        self.log = logging.Logger(f"pipes_bus.worker.{self.writer_id or 'disabled'}")
+        self.log.parent = logging.getLogger("pipes_bus.worker")
         self.log.setLevel(logging.DEBUG)
         self._handler: _LogHandler | None = None
         if writer is not None:
@@ -440,6 +445,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+# The most text one output message carries: a longer line goes out in pieces this size.
+OUTPUT_PIECE = 256 * 1024
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class _OutputCapture:
     """Tee this process's stdout and stderr (file descriptors 1 and 2) into the bus."""
 
@@ -447,6 +462,8 @@ class _OutputCapture:
         self._worker = worker
         self._threads: list[threading.Thread] = []
         self._saved: list[tuple[int, int]] = []
+        self._lost = 0  # characters that could not be carried (the writer failed)
+        self._warned = False
 
     def start(self) -> None:
         for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -468,25 +485,51 @@ class _OutputCapture:
             self._threads.append(thread)
 
     def _pump(self, read_end: int, original: int, name: str) -> None:
-        pending = b""
+        # Whole lines go out as they come; a line longer than OUTPUT_PIECE goes out in
+        # pieces of that size. Nothing is dropped, and no byte is looked at twice.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending: list[str] = []
+        size = 0
         with os.fdopen(read_end, "rb", buffering=0) as pipe:
             while True:
                 data = pipe.read(65536)
                 if not data:
                     break
-                os.write(original, data)
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                if lines:
-                    self._send(name, b"\n".join(lines) + b"\n")
-        if pending:
-            self._send(name, pending)
+                with contextlib.suppress(OSError):  # the real stream may be closed
+                    _write_all(original, data)
+                text = decoder.decode(data)
+                end = text.rfind("\n") + 1
+                if end:
+                    pending.append(text[:end])
+                    self._send(name, "".join(pending))
+                    pending = [text[end:]] if end < len(text) else []
+                    size = len(text) - end
+                else:
+                    pending.append(text)
+                    size += len(text)
+                if size >= OUTPUT_PIECE:
+                    self._send(name, "".join(pending))
+                    pending, size = [], 0
+        rest = "".join(pending) + decoder.decode(b"", final=True)
+        if rest:
+            self._send(name, rest)
 
-    def _send(self, name: str, data: bytes) -> None:
-        with contextlib.suppress(PipesBusError):
-            self._worker._emit(
-                Output(time=time.time(), stream=name, text=data.decode("utf-8", "replace"))  # type: ignore[arg-type]
-            )
+    def _send(self, name: str, text: str) -> None:
+        for start in range(0, len(text), OUTPUT_PIECE):
+            piece = text[start : start + OUTPUT_PIECE]
+            try:
+                self._worker._emit(Output(time=time.time(), stream=name, text=piece))  # type: ignore[arg-type]
+            except PipesBusError as exc:
+                self._lost += len(piece)
+                if not self._warned:
+                    self._warned = True
+                    stderr = dict(self._saved).get(2, 2)
+                    with contextlib.suppress(OSError):
+                        _write_all(
+                            stderr,
+                            f"pipes_bus: captured {name} is no longer carried to the bus "
+                            f"({exc}); it still goes to the real {name}\n".encode(),
+                        )
 
     def stop(self) -> None:
         for stream in (sys.stdout, sys.stderr):

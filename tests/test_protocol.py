@@ -6,19 +6,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipes_bus import IntValue
+import pytest
+
+from pipes_bus import IntValue, _keys
 from pipes_bus.orchestrator import Session
 
 WORKER = Path(__file__).parents[1] / "docs" / "examples" / "stdlib_worker.py"
 
 
 class TestStdlibWorker:
-    def test_a_worker_written_from_the_spec_reports_into_a_session(self, tmp_path: Path) -> None:
-        """The standard-library worker's stream is read exactly: no faults, every message typed."""
-        session = Session(str(tmp_path / "bus"), context={"asset_keys": ["orders"]}, dagster=False)
+    @pytest.mark.parametrize("scheme", ["", "file://"], ids=["path", "file-url"])
+    def test_a_worker_written_from_the_spec_reports_into_a_session(
+        self, tmp_path: Path, scheme: str
+    ) -> None:
+        """The standard-library worker's stream is read exactly: no faults, every message typed,
+        on a bus given as a path or a file:// URL, its label sanitised by the spec's rule."""
+        session = Session(
+            f"{scheme}{tmp_path / 'bus'}", context={"asset_keys": ["orders"]}, dagster=False
+        )
         proc = subprocess.run(
             [sys.executable, str(WORKER)],
-            env={"PATH": "/usr/bin:/bin", **session.env},
+            env={"PATH": "/usr/bin:/bin", "PIPES_BUS_LABEL": "rank 3/../x", **session.env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -29,6 +37,8 @@ class TestStdlibWorker:
         assert result.ok, result.problems()
         [writer] = result.writers.values()
         assert writer.closed and writer.messages == 7
+        assert writer.id.endswith("-stdlib-rank-3-.-x") and writer.label == "rank 3/../x"
+        assert _keys.sanitize("rank 3/../x") == "rank-3-.-x"
         assert [e.message.payload for e in result.custom_messages] == [{"n": 0}, {"n": 1}, {"n": 2}]  # type: ignore[union-attr]
         [mat] = result.materializations
         assert mat.message.asset_key == "orders"  # type: ignore[union-attr]

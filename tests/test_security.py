@@ -135,8 +135,14 @@ class TestRedaction:
             ("https://user:hunter2@proxy:8080/x", "https://user:***@proxy:8080/x"),
             ("{'passphrase': 'open-sesame'}", "{'passphrase': '***'}"),
             ("apikey=abc123 api_key: 'def'", "apikey=*** api_key: '***'"),
-            ("{'headers': {'Authorization': 'Bearer xyz'}}", "{'headers': {'Authorization': '***'}}"),
-            ("abfs://container@account.dfs.core.windows.net/x", "abfs://container@account.dfs.core.windows.net/x"),
+            (
+                "{'headers': {'Authorization': 'Bearer xyz'}}",
+                "{'headers': {'Authorization': '***'}}",
+            ),
+            (
+                "abfs://container@account.dfs.core.windows.net/x",
+                "abfs://container@account.dfs.core.windows.net/x",
+            ),
         ],
         ids=["url-password", "http-userinfo", "passphrase", "apikey", "headers", "no-password"],
     )
@@ -147,9 +153,19 @@ class TestRedaction:
     def test_a_password_in_a_bus_url_is_not_printed(self, tmp_path: Path) -> None:
         """An error about a bus URL with userinfo names the URL without its password."""
         out = subprocess.run(
-            [sys.executable, "-m", "pipes_bus", "run", "--bus", "nosuch://me:topsecret@h/b",
-             "--", "true"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "pipes_bus",
+                "run",
+                "--bus",
+                "nosuch://me:topsecret@h/b",
+                "--",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 2
         assert "topsecret" not in out.stderr + out.stdout

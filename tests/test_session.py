@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from pipes_bus import ChunkWriter, Custom, Event, Opened, StreamFault, WriterInfo
-from pipes_bus.orchestrator import Session
+from pipes_bus import (
+    ChunkWriter,
+    ConfigurationError,
+    Custom,
+    Event,
+    Opened,
+    StreamFault,
+    WriterInfo,
+)
+from pipes_bus._context import decode_params
+from pipes_bus._session import DEFAULT_SETTLE
+from pipes_bus.orchestrator import Session, run_subprocess
 from pipes_bus.transports import open_transport
 
 
@@ -54,7 +64,8 @@ class TestCompletion:
         writer.close()
         result = session.wait(done=lambda: True)
         assert result.ok
-        assert fake.now < 1.0
+        # No grace: one wait of `settle` (the last look for late writers), then the end.
+        assert (fake.now, fake.slept) == (DEFAULT_SETTLE, 1)
         assert [e.message.payload for e in result.custom_messages] == [1]  # type: ignore[union-attr]
 
     def test_a_straggler_gets_grace_then_is_named_with_its_last_message(self, bus: str) -> None:
@@ -68,7 +79,7 @@ class TestCompletion:
             straggler.write(Custom(payload=i))
         straggler.flush()
         result = session.wait(done=lambda: True)
-        assert 30.0 <= fake.now < 32.0
+        assert fake.now == 30.0  # the grace, counted from the last data received
         [incomplete] = result.incomplete
         assert incomplete.id == "late"
         assert incomplete.last is not None and incomplete.last.seq == 3
@@ -110,7 +121,7 @@ class TestCompletion:
         writer.flush()
         result = session.wait(done=lambda: True)
         assert [w.id for w in result.incomplete] == ["dead"]
-        assert fake.now < 1000.0
+        assert fake.slept == 1  # one poll to see nothing more comes, none of the grace
 
     def test_without_done_it_ends_when_all_writers_closed(self, bus: str) -> None:
         """With no process to watch, the session ends once at least one writer opened and all closed."""
@@ -119,6 +130,45 @@ class TestCompletion:
         w = _writer(session, "w")
         w.close()
         assert session.wait().ok
+
+
+class TestConfiguration:
+    def test_a_session_on_a_given_transport_tells_the_worker_that_bus(self, bus: str) -> None:
+        """Session(transport=t) without bus= reads t and tells the worker t's URL."""
+        transport = open_transport(bus)
+        session = Session(transport=transport)
+        assert session.bus == transport.url == bus
+        assert decode_params(session.env).bus == bus
+
+    def test_a_bus_that_is_not_the_transports_is_refused(self, bus: str) -> None:
+        """Telling the worker one place while reading another is a ConfigurationError."""
+        with pytest.raises(ConfigurationError, match="is not the transport's location"):
+            Session(bus + "-other", transport=open_transport(bus))
+
+    @pytest.mark.parametrize("empty", ["", "   "])
+    def test_an_empty_bus_url_is_refused(self, empty: str) -> None:
+        """An empty bus URL is an error, not a silent fall back to the default bus."""
+        with pytest.raises(ConfigurationError, match="The bus URL is empty"):
+            Session(empty)
+
+    def test_a_memory_bus_cannot_be_launched_on(self) -> None:
+        """run_subprocess refuses a bus in this process's memory: the command could not
+        reach it and every message would be lost."""
+        with pytest.raises(ConfigurationError, match="lives in this process's memory"):
+            run_subprocess(["true"], bus=f"memory://x-{uuid.uuid4().hex}")
+
+    def test_the_sessions_clock_drives_its_reader_and_sources(self, bus: str) -> None:
+        """A session's injected clock is the one its reader and its Dagster source use:
+        moving it makes their next poll due."""
+        fake = FakeTime()
+        session = _session(bus, fake)
+        _writer(session, "w").flush()
+        session._poll_all()
+        waits = [session.reader.wait_time(), *(s.wait_time() for s in session.sources)]
+        assert all(w > 0 for w in waits)
+        fake.now += max(waits)
+        assert session.reader.wait_time() == 0
+        assert all(s.wait_time() == 0 for s in session.sources)
 
 
 class TestResult:

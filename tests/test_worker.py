@@ -21,6 +21,7 @@ from pipes_bus import (
     PipesBusWarning,
     TextValue,
 )
+from pipes_bus._worker import OUTPUT_PIECE
 from pipes_bus.orchestrator import Session
 from tests.scripts import payloads, run_script
 
@@ -381,6 +382,26 @@ class TestProcesses:
             text[event.message.stream] += event.message.text  # type: ignore[union-attr]
         assert text == {"stdout": "to stdout\nfrom a child process\n", "stderr": "to stderr\n"}
 
+    def test_a_line_over_the_message_limit_is_split_never_dropped(self, tmp_path: Path) -> None:
+        """A 20 MB line (over the 8 MiB message limit) and the lines around it, in the same
+        reads, all arrive, in order, in output messages of at most OUTPUT_PIECE characters."""
+        result = run_script(
+            tmp_path,
+            """
+            import os, pipes_bus
+            with pipes_bus.open_worker():
+                os.write(1, b"before\\n" + b"y" * 20_000_000 + b"\\nafter\\n")
+                os.write(1, "é€ split across reads: ".encode() * 3000 + b"end\\n")
+            """,
+            capture_output=True,
+        )
+        assert result.ok, result.problems()
+        texts = [e.message.text for e in result.outputs]  # type: ignore[union-attr]
+        assert all(len(t) <= OUTPUT_PIECE for t in texts)
+        expected = "before\n" + "y" * 20_000_000 + "\nafter\n" + "é€ split across reads: " * 3000
+        assert "".join(texts) == expected + "end\n"
+        assert len(texts) < 20_000_000 // OUTPUT_PIECE + 10
+
 
 class TestLightImport:
     def test_import_loads_no_orchestrator_cli_or_cloud_sdk(self) -> None:
@@ -429,6 +450,37 @@ class TestLightImport:
         )
         assert out.stdout.strip() == ""
         assert payloads(s.wait()) == [1]
+
+
+class TestManyWorkers:
+    def test_short_lived_workers_leave_no_loggers_behind(self, session: Session) -> None:
+        """Each worker's logger is freed with it (the logging module keeps every logger
+        getLogger hands out), and its records still reach "pipes_bus.worker" handlers."""
+        import gc
+        import logging
+
+        records: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record.getMessage())
+
+        parent = logging.getLogger("pipes_bus.worker")
+        handler = Keep()
+        parent.addHandler(handler)
+        try:
+            ids = []
+            for i in range(30):
+                with pipes_bus.open_worker() as worker:
+                    worker.log.info("worker %d", i)
+                    ids.append(worker.writer_id)
+            del worker
+            gc.collect()
+        finally:
+            parent.removeHandler(handler)
+        registered = set(logging.Logger.manager.loggerDict)
+        assert not [name for name in registered if any(i in name for i in ids)]
+        assert records == [f"worker {i}" for i in range(30)]
 
 
 class TestReportOrder:

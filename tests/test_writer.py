@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import math
@@ -33,8 +34,8 @@ from pipes_bus import (
     WriterSettings,
 )
 from pipes_bus._chunk import ChunkProblem, parse_header
-from pipes_bus._limits import MAX_NESTING, MiB
 from pipes_bus._keys import chunk_key, stream_prefix
+from pipes_bus._limits import MAX_NESTING, MiB
 from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
 
@@ -235,12 +236,31 @@ class TestFlushing:
         writer.close()
 
     def test_linger_defaults_to_the_transports(
-        self, bus: MemoryTransport, wait_until: WaitUntil
+        self, bus: MemoryTransport, clock: FakeClock, wait_until: WaitUntil
     ) -> None:
-        """With linger=None the transport's linger applies (5 ms for memory://)."""
-        writer = ChunkWriter(bus, SESSION, "w", WriterSettings(linger=None))
+        """With linger=None the transport's linger applies: a chunk seals once its first
+        message is that old on the writer's clock, not before."""
+
+        class SevenSeconds(MemoryTransport):
+            capabilities = dataclasses.replace(MemoryTransport.capabilities, linger=7.0)
+
+        writer = ChunkWriter(
+            SevenSeconds(bus.url), SESSION, "w", WriterSettings(linger=None), clock=clock
+        )
         writer.write(Log(message="a"))
+        seen = clock.calls
+        wait_until(lambda: clock.calls >= seen + 1)  # the flusher looked, and judged it young
+        clock.advance(6.99)
+        seen = clock.calls
+        with writer._cond:
+            writer._cond.notify_all()  # make it look again now
+        wait_until(lambda: clock.calls >= seen + 1)
+        assert writer.delivered == 0
+        clock.advance(0.02)
+        with writer._cond:
+            writer._cond.notify_all()
         wait_until(lambda: writer.delivered == 1)
+        assert stored_chunks(bus) == [(0, 0, 1, False)]
         writer.close()
 
     def test_flush_publishes_everything_before_returning(self, bus: MemoryTransport) -> None:
@@ -282,25 +302,38 @@ class TestSlowStore:
         self, bus: MemoryTransport, encoding: str
     ) -> None:
         """Seals that queue while a put is slow go out merged: fewer chunks, same messages."""
-        gate = threading.Event()
+        release = threading.Semaphore(0)
+        waiting = threading.Semaphore(0)
 
         class Slow(MemoryTransport):
             def put_if_absent(self, key: str, data: bytes) -> bool:
-                gate.wait(10)
+                waiting.release()
+                assert release.acquire(timeout=10)
                 return super().put_if_absent(key, data)
 
-        slow = Slow(bus.url)
-        writer = ChunkWriter(slow, SESSION, "w", WriterSettings(linger=3600, encoding=encoding))
-        for i in range(5):
+        def seal() -> None:
+            with writer._cond:
+                writer._seal(final=False)  # a separate seal, as a linger would make
+                writer._cond.notify_all()
+
+        writer = ChunkWriter(
+            Slow(bus.url), SESSION, "w", WriterSettings(linger=3600, encoding=encoding)
+        )
+        writer.write(Custom(payload=0))
+        seal()
+        assert waiting.acquire(timeout=10)  # chunk 0 is on its way: the store is slow
+        for i in range(1, 5):
             writer.write(Custom(payload=i))
-            writer._cond.acquire()
-            writer._seal(final=False)  # five separate seals, as five lingers would make
-            writer._cond.notify_all()
-            writer._cond.release()
-        gate.set()
-        writer.close()
-        chunks = stored_chunks(bus)
-        assert len(chunks) < 6
+            seal()  # four seals queue up behind it
+        release.release()
+        assert waiting.acquire(timeout=10)  # ...and go out as one chunk
+        closing = threading.Thread(target=writer.close)
+        closing.start()
+        release.release()
+        assert waiting.acquire(timeout=10)
+        release.release()
+        closing.join(10)
+        assert stored_chunks(bus) == [(0, 0, 1, False), (1, 1, 4, False), (2, 5, 1, True)]
         assert messages(read_all(bus))[:5] == [(i, Custom(payload=i)) for i in range(5)]
         assert len(read_all(bus)) == 6
 

@@ -1,13 +1,16 @@
 """A pipes_bus worker written from docs/protocol.md alone: Python's standard library only.
 
-It does not import pipes_bus. It reads the bootstrap, loads an inline context, and writes
-one stream (opened, a log, three custom messages, a materialization, closed) as two JSON
-Lines chunks on a directory bus, published atomically (temp file, link into place).
+It does not import pipes_bus. It reads the bootstrap (a bus given as a path or a file://
+URL), loads an inline context, names its writer from $PIPES_BUS_LABEL by the protocol's
+sanitising rule, and writes one stream (opened, a log, three custom messages, a
+materialization, closed) as two JSON Lines chunks on a directory bus, published atomically
+(temp file, link into place).
 """
 
 import base64
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -58,13 +61,22 @@ def publish(root, key, data):
         os.unlink(tmp)
 
 
+def sanitized(label):
+    """A label as a writer id's last part, by the protocol's rule."""
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", label)).strip(".-_")
+    return text[:48] or "x"
+
+
 def main():
     params = decode(os.environ["PIPES_BUS_SESSION"])
     bus = params["bus"]
     root = bus[len("file://") :] if bus.startswith("file://") else bus
     source = params.get("context", {})
     context = decode(os.environ[source["env"]]) if source.get("via") == "env" else {}
+    label = os.environ.get("PIPES_BUS_LABEL")
     writer = f"w-{int(time.time() * 1000):011x}-{os.getpid()}-stdlib"
+    if label:
+        writer += "-" + sanitized(label)
     stream = f"{params['session']}/streams/{writer}"
     now = time.time
     first = [
@@ -75,6 +87,7 @@ def main():
                 "id": writer,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "label": label,
                 "language": "python-stdlib",
             },
         },

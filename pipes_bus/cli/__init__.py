@@ -45,7 +45,7 @@ exit status:
   {EXIT_WORKER_FAILED}     a writer closed with an exception
   {EXIT_INCOMPLETE}     a writer opened but never closed (crashed, killed, or still running)
   {EXIT_UNDELIVERABLE}     some data on the bus could not be delivered (corrupt, missing, forged)
-  {EXIT_STORE}     the bus could not be reached
+  {EXIT_STORE}     the bus could not be reached, or could not be read to the end
 Anything other than 0 comes with a one-line reason on stderr.
 """
 
@@ -249,7 +249,7 @@ def _follow(
             sink.flush()
         view.tick()
         if cursor is not None:
-            _save_cursor(cursor, session.cursor)
+            _save_cursor(cursor, session.checkpoint())
 
 
 def _load_cursor(path: Path, session_id: str) -> SessionCursor | None:

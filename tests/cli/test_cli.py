@@ -18,12 +18,12 @@ def pipes_bus(
     *args: str, env: dict[str, str] | None = None, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a subprocess."""
+    kw.setdefault("timeout", 120)
     return subprocess.run(
         [sys.executable, "-m", "pipes_bus", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=120,
         **kw,
     )
 
@@ -210,6 +210,27 @@ class TestRun:
             (["run", "-o", "novalue", "--", "true"], "is not KEY=VALUE"),
             (["run"], "Give a command to run after --"),
             (["run", "--", "/nonexistent/program"], "Cannot start '/nonexistent/program'"),
+            (
+                ["run", "--context", '{"asset_keys": 5}', "--", "true"],
+                "--context is invalid: Expected `array`, got `int` - at `$.asset_keys`",
+            ),
+            (
+                ["run", "--context", '{"retry_number": "x"}', "--", "true"],
+                "--context is invalid: Expected `int`, got `str` - at `$.retry_number`",
+            ),
+            (["run", "--context", "@/bin/ls", "--", "true"], "the file is not UTF-8 text"),
+            (
+                ["run", "--context", '{"extras": {"a": "\\ud800"}}', "--", "true"],
+                "--context cannot be encoded",
+            ),
+            (
+                ["run", "--context", '{"asset_key": "orders"}', "--", "true"],
+                "--context has no member 'asset_key'; valid members are run_id, job_name, "
+                "asset_keys,",
+            ),
+            (["run", "--context", "[" * 5000 + "]" * 5000, "--", "true"], "is not valid JSON"),
+            (["run", "--bus", "", "--", "true"], "The bus URL is empty"),
+            (["run", "--bus", "memory://x", "--", "true"], "lives in this process's memory"),
         ],
     )
     def test_bad_input_exits_2_with_a_clear_message(
@@ -219,9 +240,10 @@ class TestRun:
         if "--bus" not in args:
             args = [args[0], "--bus", bus, *args[1:]]
         proc = pipes_bus(*args)
-        assert proc.returncode == 2
+        assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
         assert proc.stderr.startswith("pipes-bus: ")
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
     def test_the_default_bus_needs_no_configuration(self, tmp_path: Path) -> None:
         """Without --bus or $PIPES_BUS_URL, run uses a local directory and ls finds the session."""

@@ -81,8 +81,10 @@ def planted(kind: str, path: Path, tmp_path: Path) -> None:
     elif kind == "folder":
         path.mkdir()
     elif kind == "link-to-file":
+        # A valid chunk 0 of writer "w", outside the bus: followed, it would be delivered.
+        body = msgspec.json.encode(Log(message="from outside the bus")) + b"\n"
         target = tmp_path / "outside"
-        target.write_bytes(b"secret")
+        target.write_bytes(build_chunk(writer="w", chunk=0, first=0, count=1, body=body))
         path.symlink_to(target)
 
 

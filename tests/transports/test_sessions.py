@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,56 @@ class TestMissingLocation:
         assert proc.returncode == 6, proc.stderr
         assert url.split("//")[1].split("/")[0] in proc.stderr
         assert not marker.exists()
+
+
+class TestBusFailure:
+    def test_the_commands_status_wins_and_the_reason_names_both(
+        self, tmp_path: Path, s3_env: dict[str, str], moto_server: Any
+    ) -> None:
+        """The bucket vanishes mid-run and the command then exits 3: run exits 3 (the
+        command's status), and its reason names the command and the bus failure."""
+        import uuid
+
+        import s3fs
+
+        bucket = f"doomed-{uuid.uuid4().hex[:10]}"
+        fs = s3fs.S3FileSystem(endpoint_url=moto_server.url, skip_instance_cache=True)
+        fs.call_s3("create_bucket", Bucket=bucket)
+        started, go_on = tmp_path / "started", tmp_path / "go-on"
+        script = tmp_path / "worker.py"
+        script.write_text(
+            "import os, pathlib, sys, time, pipes_bus\n"
+            "with pipes_bus.open_worker() as w:\n"
+            "    w.report_custom_message(1); w.flush()\n"
+            f"    pathlib.Path({str(started)!r}).write_text('x')\n"
+            f"    while not pathlib.Path({str(go_on)!r}).exists(): time.sleep(0.02)\n"
+            "    os._exit(3)\n"
+        )
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipes_bus",
+                "run",
+                "-q",
+                "--bus",
+                f"s3://{bucket}/bus",
+                "--",
+                sys.executable,
+                str(script),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        fs.rm(bucket, recursive=True)
+        go_on.write_text("x")
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 3, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("pipes-bus: the command exited with status 3 (and ")
+        assert "the bus could not be read to the end: " in stderr
+        assert f"the bucket '{bucket}' does not exist" in stderr

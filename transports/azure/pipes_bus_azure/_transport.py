@@ -45,6 +45,22 @@ def _cli_account(options: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
+def _single_attempt(client: Any) -> None:
+    """Make each of this client's requests one attempt.
+
+    The Azure SDK retries a failed request up to ten times, waiting 15 s before the first
+    retry, so a single blip could stall a writer or a reader for minutes before pipes_bus's
+    own retry policy saw it. Its retry policy object sits in the client's pipeline, shared
+    by the container and blob clients made from it.
+    """
+    policy = getattr(getattr(client, "_config", None), "retry_policy", None)
+    if policy is not None:
+        policy.total_retries = 0
+        for name in ("connect_retries", "read_retries", "status_retries"):
+            if hasattr(policy, name):
+                setattr(policy, name, 0)
+
+
 class AzureBlobTransport(Transport):
     """Objects in an Azure Blob Storage container.
 
@@ -93,6 +109,7 @@ class AzureBlobTransport(Transport):
                 "AZURE_STORAGE_ACCOUNT_KEY (or a SAS token or an Azure identity), or pass "
                 "connection_string=... / account_name=... as storage options."
             ) from exc
+        _single_attempt(self.fs.service_client)
         container, _, prefix = str(root).strip("/").partition("/")
         if not container:
             raise ConfigurationError(f"{url!r} names no container; write az://CONTAINER/PREFIX.")

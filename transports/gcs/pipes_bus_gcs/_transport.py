@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from typing import Any, ClassVar
 
 import fsspec
@@ -38,6 +39,18 @@ def _filesystem_class() -> type[Any]:
     from gcsfs.core import GCSFileSystem
 
     return GCSFileSystem  # type: ignore[no-any-return]
+
+
+def _single_attempt(fs: Any) -> None:
+    """Make each of this filesystem's HTTP requests one attempt.
+
+    gcsfs retries a failed request up to six times with waits of 1, 2, 4, 8 and 16 s inside
+    one call, so a single blip could stall a writer or a reader half a minute before
+    pipes_bus's own retry policy (bounded, jittered, configurable) saw it. The request
+    method without gcsfs's retry decorator is bound to this one instance.
+    """
+    request = type(fs)._request
+    fs._request = types.MethodType(getattr(request, "__wrapped__", request), fs)
 
 
 def _emulated() -> bool:
@@ -90,6 +103,7 @@ class GCSTransport(Transport):
             raise
         except Exception as exc:
             raise ConfigurationError(f"Cannot open {url}: {type(exc).__name__}: {exc}") from exc
+        _single_attempt(self.fs)
         bucket, _, prefix = str(root).strip("/").partition("/")
         if not bucket:
             raise ConfigurationError(f"{url!r} names no bucket; write gs://BUCKET/PREFIX.")
