@@ -108,8 +108,10 @@ def verify_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, 
     if len(streams) != writers:
         problems.append(f"{len(streams)} writers, expected {writers}")
     if lost or duplicates or out_of_order:
-        problems.append(f"{lost:,} messages lost, {duplicates:,} duplicated, "
-                        f"{out_of_order:,} out of order (of {writers * per_writer:,})")
+        problems.append(
+            f"{lost:,} messages lost, {duplicates:,} duplicated, "
+            f"{out_of_order:,} out of order (of {writers * per_writer:,})"
+        )
     if unclosed:
         problems.append(f"{len(unclosed)} writers not opened at seq 0 and closed cleanly")
     late = sum(t.after_closed for t in streams.values())
@@ -117,10 +119,16 @@ def verify_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, 
         problems.append(f"{late} events after a writer's closed")
     if faults:
         problems.append(f"{faults} stream faults")
-    counts = {"lines": lines, "writers": len(streams), "delivered": delivered,
-              "duplicates": duplicates, "lost": lost, "out_of_order": out_of_order,
-              "faults": faults,
-              "errors": lost + duplicates + out_of_order + faults + len(unclosed) + late}
+    counts = {
+        "lines": lines,
+        "writers": len(streams),
+        "delivered": delivered,
+        "duplicates": duplicates,
+        "lost": lost,
+        "out_of_order": out_of_order,
+        "faults": faults,
+        "errors": lost + duplicates + out_of_order + faults + len(unclosed) + late,
+    }
     return counts, problems
 
 

@@ -33,8 +33,12 @@ KINDS = ("put", "get", "list", "head", "delete", "other")
 # S3 Standard prices per request, from the design notes: $0.005 per 1,000 PUT, COPY,
 # POST or LIST; $0.0004 per 1,000 GET and other reads.
 PRICE_PER_REQUEST = {
-    "put": 0.005 / 1000, "list": 0.005 / 1000, "other": 0.005 / 1000,
-    "get": 0.0004 / 1000, "head": 0.0004 / 1000, "delete": 0.0,
+    "put": 0.005 / 1000,
+    "list": 0.005 / 1000,
+    "other": 0.005 / 1000,
+    "get": 0.0004 / 1000,
+    "head": 0.0004 / 1000,
+    "delete": 0.0,
 }
 
 
@@ -64,8 +68,13 @@ def cost(requests: Mapping[str, float]) -> float:
 class CountingProxy(FaultProxy):
     """A FaultProxy (faults off unless given) that counts requests by kind, sampled over time."""
 
-    def __init__(self, upstream: str, faults: ProxyFaults | None = None,
-                 interval: float = 1.0, rtt: float = 0.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        faults: ProxyFaults | None = None,
+        interval: float = 1.0,
+        rtt: float = 0.0,
+    ) -> None:
         super().__init__(upstream, faults)
         self.rtt = rtt  # seconds added to every request, like a remote store's latency
         self.requests: dict[str, int] = dict.fromkeys(KINDS, 0)

@@ -21,7 +21,6 @@ What is measured, without changing the reference's behaviour:
 - whether Dagster reported the run as a success, and its warnings and errors.
 """
 
-
 # No `from __future__ import annotations`: Dagster reads the asset's annotations as objects.
 import json
 import logging
@@ -58,8 +57,14 @@ def _quiet_dagster() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_reference(workload_args: list[str], *, reader: str, tmp: Path,
-                  bucket: str | None = None, writer_interval: float | None = None) -> ReferenceRun:
+def run_reference(
+    workload_args: list[str],
+    *,
+    reader: str,
+    tmp: Path,
+    bucket: str | None = None,
+    writer_interval: float | None = None,
+) -> ReferenceRun:
     """Run ``reference_workload.py WORKLOAD_ARGS`` under Dagster Pipes; see the module doc."""
     _quiet_dagster()
     from dagster import (
@@ -77,15 +82,22 @@ def run_reference(workload_args: list[str], *, reader: str, tmp: Path,
     writer = ["--writer", "s3"] if reader == "s3" else []
     if writer_interval is not None:
         writer += ["--interval", str(writer_interval)]
-    command = [sys.executable, str(REFERENCE_WORKLOAD), *writer, "--report", str(report),
-               *workload_args]
+    command = [
+        sys.executable,
+        str(REFERENCE_WORKLOAD),
+        *writer,
+        "--report",
+        str(report),
+        *workload_args,
+    ]
     if reader == "s3":
         import boto3
         from dagster_aws.pipes import PipesS3MessageReader
 
         assert bucket is not None
         client = PipesSubprocessClient(
-            message_reader=PipesS3MessageReader(bucket=bucket, client=boto3.client("s3")))
+            message_reader=PipesS3MessageReader(bucket=bucket, client=boto3.client("s3"))
+        )
     else:
         client = PipesSubprocessClient()
 
@@ -115,14 +127,20 @@ def run_reference(workload_args: list[str], *, reader: str, tmp: Path,
     try:
         with DagsterInstance.ephemeral() as instance:
             result = materialize(
-                [reference], resources={"pipes": client}, instance=instance, raise_on_error=False,
+                [reference],
+                resources={"pipes": client},
+                instance=instance,
+                raise_on_error=False,
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             )
             out.success = result.success
             for entry in instance.all_logs(result.run_id):
                 if entry.level >= logging.WARNING:
-                    text = entry.user_message or (
-                        entry.dagster_event.message if entry.dagster_event else "") or ""
+                    text = (
+                        entry.user_message
+                        or (entry.dagster_event.message if entry.dagster_event else "")
+                        or ""
+                    )
                     out.problems.append(" ".join(text.split())[:300])
             failures = result.get_step_failure_events()
             if failures:

@@ -116,8 +116,11 @@ class Report:
     def add(self, row: Row) -> Row:
         """Record ``row`` and print a one-line progress note on stderr."""
         self.rows.append(row)
-        print(f"  done: {row.scenario} {_short(row.params)} -> {row.status(self.quick)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  done: {row.scenario} {_short(row.params)} -> {row.status(self.quick)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return row
 
     def path(self, suffix: str) -> Path:
@@ -141,8 +144,9 @@ class Report:
         self.path(".md").write_text(self._markdown(headers, cells))
         self.path(".json").write_text(json.dumps(self._json(elapsed), indent=1) + "\n")
         print(f"results: {self.path('.json')} (and .md, .png)")
-        failed = bool(problems) or (self.strict and any(r.status(self.quick) == "FAIL"
-                                                        for r in self.rows))
+        failed = bool(problems) or (
+            self.strict and any(r.status(self.quick) == "FAIL" for r in self.rows)
+        )
         return 1 if failed else 0
 
     def _json(self, elapsed: float) -> dict[str, Any]:
@@ -182,8 +186,9 @@ def _short(params: Mapping[str, Any]) -> str:
 
 
 def _text_table(headers: list[str], cells: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join("-" * w for w in widths)
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
@@ -198,14 +203,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes for CI smoke runs (each script < 20 s); size-bound "
-                        "targets are shown as n/a")
-    p.add_argument("--strict", action="store_true",
-                   help="exit 1 when a target is missed too (default: only on lost or "
-                        "duplicated data, wrong counts and other correctness problems)")
-    p.add_argument("--out", default=str(RESULTS), metavar="DIR",
-                   help="where JSON, Markdown and PNG results go (default: %(default)s)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes for CI smoke runs (each script < 20 s); size-bound "
+        "targets are shown as n/a",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a target is missed too (default: only on lost or "
+        "duplicated data, wrong counts and other correctness problems)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(RESULTS),
+        metavar="DIR",
+        help="where JSON, Markdown and PNG results go (default: %(default)s)",
+    )
     return p
 
 
@@ -311,9 +326,21 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_gib, 1) if mem_gib else None,
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in (
-            "pipes-bus", "msgspec", "fsspec", "s3fs", "gcsfs", "adlfs", "moto", "dagster",
-            "dagster-pipes", "dagster-aws")},
+        "versions": {
+            d: _version(d)
+            for d in (
+                "pipes-bus",
+                "msgspec",
+                "fsspec",
+                "s3fs",
+                "gcsfs",
+                "adlfs",
+                "moto",
+                "dagster",
+                "dagster-pipes",
+                "dagster-aws",
+            )
+        },
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_pipes_bus_modified": bool(dirty) if dirty is not None else None,
         # Other work on the machine skews timings: the 1-minute load when the script started.

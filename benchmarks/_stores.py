@@ -35,7 +35,7 @@ from typing import Any
 # gcsfs >= 2026.3 hangs on gRPC against an emulator unless this is set before it is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-from pipes_bus import Transport, open_transport
+from pipes_bus.transports import Transport, open_transport
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "pipes-bus-bench"
@@ -137,8 +137,11 @@ def _start_s3() -> _Running:
 def _start_gcs() -> _Running:
     servers = _servers_module()
     server = servers.start_fake_gcs()
-    env = {**_LOOPBACK, "STORAGE_EMULATOR_HOST": server.url,
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {
+        **_LOOPBACK,
+        "STORAGE_EMULATOR_HOST": server.url,
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
     os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     os.environ.update(env)
     import pipes_bus_gcs  # noqa: F401 - its gcsfs settings apply before gcsfs loads
@@ -153,8 +156,13 @@ def _start_azure() -> _Running:
     server = servers.start_azurite()
     connection = servers.azurite_connection_string(server)
     env = {**_LOOPBACK, "AZURE_STORAGE_CONNECTION_STRING": connection}
-    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
-                 "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"):
+    for name in (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_STORAGE_ACCOUNT",
+        "AZURE_STORAGE_KEY",
+    ):
         os.environ.pop(name, None)
     os.environ.update(env)
     from azure.storage.blob import BlobServiceClient
@@ -165,7 +173,9 @@ def _start_azure() -> _Running:
 
 
 _STARTERS: dict[str, Callable[[], _Running]] = {
-    "s3": _start_s3, "gcs": _start_gcs, "azure": _start_azure,
+    "s3": _start_s3,
+    "gcs": _start_gcs,
+    "azure": _start_azure,
 }
 _SCHEMES = {"s3": "s3", "gcs": "gs", "azure": "az"}
 
@@ -212,8 +222,13 @@ def s3_proxied_store(faults: Any = None, name: str = "s3", rtt: float = 0.0) -> 
     running = server("s3")
     with CountingProxy(running.url, faults, rtt=rtt) as proxy:
         prefix = f"b-{secrets.token_hex(6)}"
-        yield Store(name, f"s3://{BUCKET}/{prefix}", storage_options={"endpoint_url": proxy.url},
-                    env=running.env, proxy=proxy)
+        yield Store(
+            name,
+            f"s3://{BUCKET}/{prefix}",
+            storage_options={"endpoint_url": proxy.url},
+            env=running.env,
+            proxy=proxy,
+        )
 
 
 STORES: dict[str, Callable[[], contextlib.AbstractContextManager[Store]]] = {

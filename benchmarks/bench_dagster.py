@@ -45,29 +45,46 @@ from bench_e2e import run_cli
 NO_ERRORS = Target("errors", "<=", 0, source="issue 6")
 
 
-def _reference_row(scenario: str, params: dict[str, Any], runs: list[ReferenceRun],
-                   sent: int) -> Row:
+def _reference_row(
+    scenario: str, params: dict[str, Any], runs: list[ReferenceRun], sent: int
+) -> Row:
     runs = sorted(runs, key=lambda r: r.run_s)
     ref = runs[len(runs) // 2]
     delivered = [len(r.payloads) for r in runs]
-    return Row(scenario, {"system": "dagster-pipes", **params},
-               metrics={"wall_s": ref.run_s, "wall_s_all": [round(r.run_s, 3) for r in runs],
-                        "sent": sent, "delivered": len(ref.payloads),
-                        "delivered_all": delivered, "lost_all": [sent - d for d in delivered],
-                        "msgs_per_s": len(ref.payloads) / ref.run_s if ref.run_s else None,
-                        "closed_received": [r.methods.get("closed", 0) > 0 for r in runs],
-                        "reported_success": [r.success for r in runs],
-                        "dagster_warnings": ref.problems[:5]})
+    return Row(
+        scenario,
+        {"system": "dagster-pipes", **params},
+        metrics={
+            "wall_s": ref.run_s,
+            "wall_s_all": [round(r.run_s, 3) for r in runs],
+            "sent": sent,
+            "delivered": len(ref.payloads),
+            "delivered_all": delivered,
+            "lost_all": [sent - d for d in delivered],
+            "msgs_per_s": len(ref.payloads) / ref.run_s if ref.run_s else None,
+            "closed_received": [r.methods.get("closed", 0) > 0 for r in runs],
+            "reported_success": [r.success for r in runs],
+            "dagster_warnings": ref.problems[:5],
+        },
+    )
 
 
 def file_burst(sizes: list[int], repeat: int, tmp: Path) -> list[Row]:
     rows = []
     for n in sizes:
         times = repeat  # the reference's losses come and go from run to run
-        refs = [run_reference(["burst", "--count", str(n)], reader="default", tmp=tmp)
-                for _ in range(times)]
-        rows.append(_reference_row("file-burst", {"store": "local file (defaults)",
-                                                  "messages": n, "repeat": times}, refs, n))
+        refs = [
+            run_reference(["burst", "--count", str(n)], reader="default", tmp=tmp)
+            for _ in range(times)
+        ]
+        rows.append(
+            _reference_row(
+                "file-burst",
+                {"store": "local file (defaults)", "messages": n, "repeat": times},
+                refs,
+                n,
+            )
+        )
         walls, problems, errors = [], [], 0
         delivered = []
         with open_store("file") as store:
@@ -82,20 +99,39 @@ def file_burst(sizes: list[int], repeat: int, tmp: Path) -> list[Row]:
                 walls.append(run.wall_s)
                 delivered.append(counts["delivered"])
         wall = sorted(walls)[len(walls) // 2]
-        rows.append(Row("file-burst", {"system": "pipes_bus", "store": "local file (defaults)",
-                                       "messages": n, "repeat": times},
-                        metrics={"wall_s": wall, "wall_s_all": [round(w, 3) for w in walls],
-                                 "sent": n, "delivered": sorted(delivered)[0],
-                                 "delivered_all": delivered, "msgs_per_s": n / wall,
-                                 "errors": errors, "reported_success": [not problems]},
-                        problems=problems, targets=[NO_ERRORS]))
+        rows.append(
+            Row(
+                "file-burst",
+                {
+                    "system": "pipes_bus",
+                    "store": "local file (defaults)",
+                    "messages": n,
+                    "repeat": times,
+                },
+                metrics={
+                    "wall_s": wall,
+                    "wall_s_all": [round(w, 3) for w in walls],
+                    "sent": n,
+                    "delivered": sorted(delivered)[0],
+                    "delivered_all": delivered,
+                    "msgs_per_s": n / wall,
+                    "errors": errors,
+                    "reported_success": [not problems],
+                },
+                problems=problems,
+                targets=[NO_ERRORS],
+            )
+        )
     return rows
 
 
 def _latency(ms: list[float]) -> dict[str, Any]:
     ms = sorted(ms)
-    return {"p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99),
-            "max_ms": ms[-1] if ms else None}
+    return {
+        "p50_ms": percentile(ms, 0.5),
+        "p99_ms": percentile(ms, 0.99),
+        "max_ms": ms[-1] if ms else None,
+    }
 
 
 def file_trickle(seconds: float, tmp: Path) -> list[Row]:
@@ -107,57 +143,100 @@ def file_trickle(seconds: float, tmp: Path) -> list[Row]:
         got.add(payload, when)
     sent = int(rate * seconds)
     params = {"store": "local file (defaults)", "rate": rate, "seconds": seconds}
-    rows = [Row("file-trickle", {"system": "dagster-pipes", **params},
-                metrics={"sent": sent, "delivered": len(ref.payloads),
-                         "reported_success": [ref.success], **_latency(got.ms)},
-                series={"latency_cdf": cdf(got.ms, sent)})]
+    rows = [
+        Row(
+            "file-trickle",
+            {"system": "dagster-pipes", **params},
+            metrics={
+                "sent": sent,
+                "delivered": len(ref.payloads),
+                "reported_success": [ref.success],
+                **_latency(got.ms),
+            },
+            series={"latency_cdf": cdf(got.ms, sent)},
+        )
+    ]
     ours = Latencies()
     with open_store("file") as store:
         run = run_cli(store, args, tmp, events="-", on_line=ours.line_handler())
     lost = sent - len(ours.seen)
-    problems = run.problems() + ([f"{lost} lost, {ours.duplicates} duplicated"]
-                                 if lost or ours.duplicates else [])
-    rows.append(Row("file-trickle", {"system": "pipes_bus", **params},
-                    metrics={"sent": sent, "delivered": len(ours.seen),
-                             "errors": lost + ours.duplicates, **_latency(ours.ms)},
-                    problems=problems, targets=[NO_ERRORS],
-                    series={"latency_cdf": cdf(ours.ms, sent)}))
+    problems = run.problems() + (
+        [f"{lost} lost, {ours.duplicates} duplicated"] if lost or ours.duplicates else []
+    )
+    rows.append(
+        Row(
+            "file-trickle",
+            {"system": "pipes_bus", **params},
+            metrics={
+                "sent": sent,
+                "delivered": len(ours.seen),
+                "errors": lost + ours.duplicates,
+                **_latency(ours.ms),
+            },
+            problems=problems,
+            targets=[NO_ERRORS],
+            series={"latency_cdf": cdf(ours.ms, sent)},
+        )
+    )
     return rows
 
 
 def unencodable(count: int, tmp: Path) -> list[Row]:
     rows = []
     args = ["unencodable", "--count", str(count)]
-    for reader, where in (("s3", "s3 (moto), S3 writer/reader defaults"),
-                          ("default", "local file (defaults)")):
+    for reader, where in (
+        ("s3", "s3 (moto), S3 writer/reader defaults"),
+        ("default", "local file (defaults)"),
+    ):
         if reader == "s3":
-            print("  (a TypeError traceback from the reference worker's upload thread follows: "
-                  "that is the failure being measured)", file=sys.stderr, flush=True)
+            print(
+                "  (a TypeError traceback from the reference worker's upload thread follows: "
+                "that is the failure being measured)",
+                file=sys.stderr,
+                flush=True,
+            )
             with open_store("s3"):  # starts moto, points boto3 at it
                 ref = run_reference(args, reader="s3", tmp=tmp, bucket=BUCKET)
         else:
             ref = run_reference(args, reader="default", tmp=tmp)
-        rows.append(Row("unencodable", {"system": "dagster-pipes", "store": where,
-                                        "messages": 2 * count},
-                        metrics={"sent": 2 * count, "delivered": len(ref.payloads),
-                                 "raised_at_call": ref.worker.get("raised_at_call"),
-                                 "closed_received": ref.methods.get("closed", 0) > 0,
-                                 "reported_success": ref.success, "wall_s": ref.run_s,
-                                 "dagster_warnings": ref.problems[:5]}))
+        rows.append(
+            Row(
+                "unencodable",
+                {"system": "dagster-pipes", "store": where, "messages": 2 * count},
+                metrics={
+                    "sent": 2 * count,
+                    "delivered": len(ref.payloads),
+                    "raised_at_call": ref.worker.get("raised_at_call"),
+                    "closed_received": ref.methods.get("closed", 0) > 0,
+                    "reported_success": ref.success,
+                    "wall_s": ref.run_s,
+                    "dagster_warnings": ref.problems[:5],
+                },
+            )
+        )
     with open_store("s3") as store:
         events = tmp / "events.jsonl"
         events.unlink(missing_ok=True)
         run = run_cli(store, args, tmp, events=str(events))
         counts, problems = verify_events(events, 1, 2 * count)
         events.unlink(missing_ok=True)
-    rows.append(Row("unencodable", {"system": "pipes_bus", "store": "s3 (moto), defaults",
-                                    "messages": 2 * count},
-                    metrics={"sent": 2 * count, "delivered": counts["delivered"],
-                             "errors": counts["errors"],
-                             "raised_at_call": run.worker.get("raised_at_call"),
-                             "closed_received": not any("closed" in p for p in problems),
-                             "reported_success": run.exit_code == 0, "wall_s": run.wall_s},
-                    problems=run.problems() + problems, targets=[NO_ERRORS]))
+    rows.append(
+        Row(
+            "unencodable",
+            {"system": "pipes_bus", "store": "s3 (moto), defaults", "messages": 2 * count},
+            metrics={
+                "sent": 2 * count,
+                "delivered": counts["delivered"],
+                "errors": counts["errors"],
+                "raised_at_call": run.worker.get("raised_at_call"),
+                "closed_received": not any("closed" in p for p in problems),
+                "reported_success": run.exit_code == 0,
+                "wall_s": run.wall_s,
+            },
+            problems=run.problems() + problems,
+            targets=[NO_ERRORS],
+        )
+    )
     return rows
 
 
@@ -167,30 +246,46 @@ def unencodable(count: int, tmp: Path) -> list[Row]:
 def plot(report: Report) -> None:
     rows = [r for r in report.rows if r.scenario == "file-trickle" and r.series.get("latency_cdf")]
     if rows:
-        fig, ax = figure("Local file, 100 msg/s: emit-to-delivery latency (CDF)",
-                         "latency (ms, log scale)", "fraction of messages sent")
+        fig, ax = figure(
+            "Local file, 100 msg/s: emit-to-delivery latency (CDF)",
+            "latency (ms, log scale)",
+            "fraction of messages sent",
+        )
         for row in rows:
             points = row.series["latency_cdf"]
-            ax.plot([x for x, _ in points], [y for _, y in points],
-                    label=f"{row.params['system']}: p50 {num(row.metrics['p50_ms'], 1)} ms")
+            ax.plot(
+                [x for x, _ in points],
+                [y for _, y in points],
+                label=f"{row.params['system']}: p50 {num(row.metrics['p50_ms'], 1)} ms",
+            )
         ax.set_xscale("log")
         ax.legend()
         save_figure(fig, report.path("file_trickle_latency.png"))
     bursts = [r for r in report.rows if r.scenario == "file-burst"]
     if bursts:
         sizes = list(dict.fromkeys(r.params["messages"] for r in bursts))
-        fig, ax = figure("Default local file transport: messages delivered (worst run)",
-                         "messages sent", "share delivered", size=(7, 4))
+        fig, ax = figure(
+            "Default local file transport: messages delivered (worst run)",
+            "messages sent",
+            "share delivered",
+            size=(7, 4),
+        )
         for k, system in enumerate(("dagster-pipes", "pipes_bus")):
             for i, n in enumerate(sizes):
                 for r in bursts:
                     if r.params["system"] == system and r.params["messages"] == n:
                         worst = min(r.metrics["delivered_all"])
                         x = i + (k - 0.5) * 0.38
-                        ax.bar(x, worst / n, 0.36, color=("tab:orange", "tab:blue")[k],
-                               label=system if i == 0 else None)
-                        ax.text(x, worst / n + 0.01, f"{worst:,}", ha="center", va="bottom",
-                                fontsize=8)
+                        ax.bar(
+                            x,
+                            worst / n,
+                            0.36,
+                            color=("tab:orange", "tab:blue")[k],
+                            label=system if i == 0 else None,
+                        )
+                        ax.text(
+                            x, worst / n + 0.01, f"{worst:,}", ha="center", va="bottom", fontsize=8
+                        )
         ax.set_xticks(range(len(sizes)))
         ax.set_xticklabels([f"{n:,}" for n in sizes])
         ax.set_ylim(0, 1.15)
@@ -213,18 +308,24 @@ def _yes(value: Any) -> str:
 def _result(row: Row) -> str:
     m = row.metrics
     if row.scenario == "file-trickle":
-        return (f"p50 {num(m['p50_ms'], 1)} p99 {num(m['p99_ms'], 1)} ms; "
-                f"{m['delivered']:,}/{m['sent']:,} delivered")
+        return (
+            f"p50 {num(m['p50_ms'], 1)} p99 {num(m['p99_ms'], 1)} ms; "
+            f"{m['delivered']:,}/{m['sent']:,} delivered"
+        )
     if row.scenario == "unencodable":
         raised = "raised at the call" if m["raised_at_call"] else "no error at the call"
-        return (f"{raised}; {m['delivered']:,}/{m['sent']:,} delivered; closed "
-                f"{_yes(m['closed_received'])}; run reported "
-                f"{'success' if m['reported_success'] else 'failure'}")
+        return (
+            f"{raised}; {m['delivered']:,}/{m['sent']:,} delivered; closed "
+            f"{_yes(m['closed_received'])}; run reported "
+            f"{'success' if m['reported_success'] else 'failure'}"
+        )
     delivered = m.get("delivered_all", [m["delivered"]])
     walls = m.get("wall_s_all", [m["wall_s"]])
-    return (f"{'/'.join(f'{d:,}' for d in delivered)} of {m['sent']:,} delivered in "
-            f"{'/'.join(f'{w:.2f}' for w in walls)} s; success reported: "
-            f"{_yes(m['reported_success'])}")
+    return (
+        f"{'/'.join(f'{d:,}' for d in delivered)} of {m['sent']:,} delivered in "
+        f"{'/'.join(f'{w:.2f}' for w in walls)} s; success reported: "
+        f"{_yes(m['reported_success'])}"
+    )
 
 
 COLUMNS = [
@@ -240,22 +341,34 @@ COLUMNS = [
 def main() -> int:
     p = parser(__doc__ or "")
     scenarios = ["file-burst", "file-trickle", "unencodable"]
-    p.add_argument("--only", type=csv(str), default=scenarios,
-                   help=f"scenarios, comma-separated (default: {','.join(scenarios)})")
-    p.add_argument("--sizes", type=csv(int), help="file-burst sizes (default 100000,1000000; "
-                                                   "quick 100000)")
+    p.add_argument(
+        "--only",
+        type=csv(str),
+        default=scenarios,
+        help=f"scenarios, comma-separated (default: {','.join(scenarios)})",
+    )
+    p.add_argument(
+        "--sizes", type=csv(int), help="file-burst sizes (default 100000,1000000; quick 100000)"
+    )
     p.add_argument("--repeat", type=int, help="runs of each size (default 3; quick 1)")
     p.add_argument("--trickle-seconds", type=float, help="default 10; quick 3")
     args = p.parse_args()
-    missing = [m for m in ("dagster", "dagster_pipes", "dagster_aws")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("dagster", "dagster_pipes", "dagster_aws")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        print(f"bench_dagster: skipped, {', '.join(missing)} not installed "
-              "(pip install -e '.[bench]')", file=sys.stderr)
+        print(
+            f"bench_dagster: skipped, {', '.join(missing)} not installed "
+            "(pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
         return 0
     q = args.quick
-    report = Report("dagster", "bench_dagster: side by side with Dagster Pipes (loss cases, "
-                               "local file)", args)
+    report = Report(
+        "dagster", "bench_dagster: side by side with Dagster Pipes (loss cases, local file)", args
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "file-burst" in args.only:

@@ -64,7 +64,8 @@ from _report import (
 )
 from _stores import STORES, Store, open_store
 
-from pipes_bus import Custom, Event
+from pipes_bus.messages import Custom
+from pipes_bus.orchestrator import Event
 
 NO_ERRORS = Target("errors", "<=", 0, source="issue 3")
 # Session options for the API path of the trickle; later issues add e.g. "low-latency".
@@ -93,14 +94,24 @@ class CliRun:
         return [f"the pipes-bus command exited {self.exit_code}: {last[0]}"]
 
 
-def run_command(argv: list[str], tmp: Path, env: Mapping[str, str], *,
-                on_line: Callable[[bytes, float], None] | None = None,
-                report: Path | None = None, watch_interval: float = 0.05) -> CliRun:
+def run_command(
+    argv: list[str],
+    tmp: Path,
+    env: Mapping[str, str],
+    *,
+    on_line: Callable[[bytes, float], None] | None = None,
+    report: Path | None = None,
+    watch_interval: float = 0.05,
+) -> CliRun:
     """Run ``argv``, watching its memory; ``on_line`` gets each stdout line as it arrives."""
     with open(tmp / "stderr.txt", "w+b") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if on_line else subprocess.DEVNULL,
-                                stderr=err, env={**os.environ, **env})
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE if on_line else subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **env},
+        )
         watch = ProcessWatch(proc.pid, interval=watch_interval).start()
         if on_line is not None:
             assert proc.stdout is not None
@@ -112,29 +123,52 @@ def run_command(argv: list[str], tmp: Path, env: Mapping[str, str], *,
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     worker = msgspec.json.decode(report.read_bytes()) if report and report.exists() else {}
-    return CliRun(code, wall, stderr, watch.root_peak_mib, watch.descendant_peak_mib, worker,
-                  watch.samples)
+    return CliRun(
+        code, wall, stderr, watch.root_peak_mib, watch.descendant_peak_mib, worker, watch.samples
+    )
 
 
-def run_cli(store: Store, workload_args: list[str], tmp: Path, *, events: str | None = None,
-            session: str | None = None,
-            on_line: Callable[[bytes, float], None] | None = None,
-            options: Sequence[str] = (), watch_interval: float = 0.05) -> CliRun:
+def run_cli(
+    store: Store,
+    workload_args: list[str],
+    tmp: Path,
+    *,
+    events: str | None = None,
+    session: str | None = None,
+    on_line: Callable[[bytes, float], None] | None = None,
+    options: Sequence[str] = (),
+    watch_interval: float = 0.05,
+) -> CliRun:
     """``pipes-bus run [--events EVENTS] [OPTIONS] -- python workload.py WORKLOAD_ARGS``."""
     report = tmp / "worker-report.json"
     report.unlink(missing_ok=True)  # never read an earlier run's report
-    argv = [*pipes_bus_cli(), "run", "--bus", store.url, *store.storage_args(), *options,
-            *(["--events", events] if events else []),
-            *(["--session-id", session] if session else []),
-            "--", *workload("--report", str(report), *workload_args)]
-    return run_command(argv, tmp, store.env, on_line=on_line, report=report,
-                       watch_interval=watch_interval)
+    argv = [
+        *pipes_bus_cli(),
+        "run",
+        "--bus",
+        store.url,
+        *store.storage_args(),
+        *options,
+        *(["--events", events] if events else []),
+        *(["--session-id", session] if session else []),
+        "--",
+        *workload("--report", str(report), *workload_args),
+    ]
+    return run_command(
+        argv, tmp, store.env, on_line=on_line, report=report, watch_interval=watch_interval
+    )
 
 
 def replay_cli(store: Store, session: str, tmp: Path) -> CliRun:
     """``pipes-bus tail --events /dev/null`` on a finished session: reading it after the fact."""
-    argv = [*pipes_bus_cli(), "tail", f"{store.url.rstrip('/')}/{session}",
-            "--events", os.devnull, *store.storage_args()]
+    argv = [
+        *pipes_bus_cli(),
+        "tail",
+        f"{store.url.rstrip('/')}/{session}",
+        "--events",
+        os.devnull,
+        *store.storage_args(),
+    ]
     return run_command(argv, tmp, store.env)
 
 
@@ -210,8 +244,10 @@ def check_events(path: Path, writers: int, per_writer: int) -> tuple[dict[str, i
     if len(streams) != writers:
         problems.append(f"{len(streams)} writers, expected {writers}")
     if missing or duplicated or unexpected:
-        problems.append(f"{missing:,} seqs/payloads missing, {duplicated:,} duplicated, "
-                        f"{unexpected:,} unexpected")
+        problems.append(
+            f"{missing:,} seqs/payloads missing, {duplicated:,} duplicated, "
+            f"{unexpected:,} unexpected"
+        )
     wrong = [w for w, t in streams.items() if t.customs != per_writer]
     if wrong:
         problems.append(f"{len(wrong)} writers without exactly {per_writer:,} custom messages")
@@ -249,8 +285,9 @@ class Settings:
     replay: bool
 
 
-def repeated(s: Settings, store: Store, tmp: Path, args: list[str], writers: int,
-             per_writer: int) -> tuple[CliRun, dict[str, Any], list[str]]:
+def repeated(
+    s: Settings, store: Store, tmp: Path, args: list[str], writers: int, per_writer: int
+) -> tuple[CliRun, dict[str, Any], list[str]]:
     """Run a workload --repeat times with --events, checking every run's events file.
 
     Returns the run with the median wall time, metrics (that run's counts, every run's
@@ -273,18 +310,24 @@ def repeated(s: Settings, store: Store, tmp: Path, args: list[str], writers: int
 
 
 def burst(s: Settings, store: Store, tmp: Path) -> list[Row]:
-    run, counts, problems = repeated(s, store, tmp, ["burst", "--count", str(s.burst)], 1,
-                                     s.burst)
-    return [Row(
-        "burst", {"store": store.name, "messages": s.burst, "repeat": s.repeat},
-        metrics={"wall_s": run.wall_s, "msgs_per_s": s.burst / run.wall_s, **counts,
-                 **cli_summary(run),
-                 "orchestrator_peak_mib": run.orchestrator_peak_mib,
-                 "worker_peak_mib": run.worker.get("peak_rss_mib"),
-                 "worker_emit_s": run.worker.get("seconds")},
-        problems=problems,
-        targets=[Target("wall_s", "<=", 3.0, source="issue 3", full_only=True), NO_ERRORS],
-    )]
+    run, counts, problems = repeated(s, store, tmp, ["burst", "--count", str(s.burst)], 1, s.burst)
+    return [
+        Row(
+            "burst",
+            {"store": store.name, "messages": s.burst, "repeat": s.repeat},
+            metrics={
+                "wall_s": run.wall_s,
+                "msgs_per_s": s.burst / run.wall_s,
+                **counts,
+                **cli_summary(run),
+                "orchestrator_peak_mib": run.orchestrator_peak_mib,
+                "worker_peak_mib": run.worker.get("peak_rss_mib"),
+                "worker_emit_s": run.worker.get("seconds"),
+            },
+            problems=problems,
+            targets=[Target("wall_s", "<=", 3.0, source="issue 3", full_only=True), NO_ERRORS],
+        )
+    ]
 
 
 def trickle(s: Settings, store: Store, tmp: Path) -> list[Row]:
@@ -314,9 +357,14 @@ def trickle(s: Settings, store: Store, tmp: Path) -> list[Row]:
                 if type(item) is Event and type(item.message) is Custom:
                     got.add(item.message.payload, received)
 
-            result = run_subprocess(workload(*args), bus=store.url, env=store.env,
-                                    storage_options=dict(store.storage_options),
-                                    on_event=on_event, **PROFILES[profile])
+            result = run_subprocess(
+                workload(*args),
+                bus=store.url,
+                env=store.env,
+                storage_options=dict(store.storage_options),
+                on_event=on_event,
+                **PROFILES[profile],
+            )
             reason = result.reason()
             requests = sum(result.requests.get("requests", {}).values())
             runs.append(("api", profile, got, [f"session: {reason}"] if reason else [], requests))
@@ -326,19 +374,30 @@ def trickle(s: Settings, store: Store, tmp: Path) -> list[Row]:
         lost = sent - len(got.seen)
         if lost or got.duplicates:
             problems = [*problems, f"{lost} lost, {got.duplicates} duplicated of {sent}"]
-        rows.append(Row(
-            "trickle",
-            {"store": store.name, "via": via, "profile": profile, "rate": s.trickle_rate,
-             "seconds": s.trickle_seconds},
-            metrics={"sent": sent, "received": len(ms), "errors": lost + got.duplicates,
-                     **{f"p{q}_ms": percentile(ms, q / 100) for q in (50, 90, 99)},
-                     "max_ms": ms[-1] if ms else None,
-                     "mean_ms": sum(ms) / len(ms) if ms else None,
-                     "orchestrator_requests": requests},
-            problems=problems,
-            targets=[Target("p50_ms", "<=", 50, source="issue 3"), NO_ERRORS],
-            series={"latency_ms": [round(v, 2) for v in got.ms]},
-        ))
+        rows.append(
+            Row(
+                "trickle",
+                {
+                    "store": store.name,
+                    "via": via,
+                    "profile": profile,
+                    "rate": s.trickle_rate,
+                    "seconds": s.trickle_seconds,
+                },
+                metrics={
+                    "sent": sent,
+                    "received": len(ms),
+                    "errors": lost + got.duplicates,
+                    **{f"p{q}_ms": percentile(ms, q / 100) for q in (50, 90, 99)},
+                    "max_ms": ms[-1] if ms else None,
+                    "mean_ms": sum(ms) / len(ms) if ms else None,
+                    "orchestrator_requests": requests,
+                },
+                problems=problems,
+                targets=[Target("p50_ms", "<=", 50, source="issue 3"), NO_ERRORS],
+                series={"latency_ms": [round(v, 2) for v in got.ms]},
+            )
+        )
     return rows
 
 
@@ -347,17 +406,27 @@ def fanin(s: Settings, store: Store, tmp: Path) -> list[Row]:
     for writers in s.fanin_writers:
         args = ["fanin", "--procs", str(writers), "--count", str(s.fanin_count)]
         run, counts, problems = repeated(s, store, tmp, args, writers, s.fanin_count)
-        rows.append(Row(
-            "fanin", {"store": store.name, "writers": writers, "per_writer": s.fanin_count,
-                      "repeat": s.repeat},
-            metrics={"wall_s": run.wall_s,
-                     "msgs_per_s": writers * s.fanin_count / run.wall_s, **counts,
-                     **cli_summary(run),
-                     "orchestrator_peak_mib": run.orchestrator_peak_mib,
-                     "worker_peak_mib": run.worker_peak_sampled_mib},
-            problems=problems,
-            targets=[NO_ERRORS],
-        ))
+        rows.append(
+            Row(
+                "fanin",
+                {
+                    "store": store.name,
+                    "writers": writers,
+                    "per_writer": s.fanin_count,
+                    "repeat": s.repeat,
+                },
+                metrics={
+                    "wall_s": run.wall_s,
+                    "msgs_per_s": writers * s.fanin_count / run.wall_s,
+                    **counts,
+                    **cli_summary(run),
+                    "orchestrator_peak_mib": run.orchestrator_peak_mib,
+                    "worker_peak_mib": run.worker_peak_sampled_mib,
+                },
+                problems=problems,
+                targets=[NO_ERRORS],
+            )
+        )
     return rows
 
 
@@ -386,39 +455,58 @@ def memory(s: Settings, store: Store, tmp: Path) -> list[Row]:
     for size in s.memory_sizes:
         count = max(1, int(s.memory_mb * 1e6 / size))
         session = f"s-bench-memory-{size}"
-        run = run_cli(store, ["stream", "--count", str(count), "--size", str(size)], tmp,
-                      session=session)
+        run = run_cli(
+            store, ["stream", "--count", str(count), "--size", str(size)], tmp, session=session
+        )
         volume_mb = count * size / 1e6
         worker_mib = run.worker.get("peak_rss_mib")
         step = max(1, len(run.rss) // 400)
         params = {"store": store.name, "messages": count, "size": size}
-        rows.append(Row(
-            "memory", params,
-            metrics={"wall_s": run.wall_s, "msgs_per_s": count / run.wall_s,
-                     "payload_mb": volume_mb, "mb_per_s": volume_mb / run.wall_s,
-                     "worker_peak_mib": worker_mib,
-                     "worker_peak_mb": worker_mib * MiB / 1e6 if worker_mib else None,
-                     "worker_peak_sampled_mib": run.worker_peak_sampled_mib,
-                     "orchestrator_peak_mib": run.orchestrator_peak_mib, **cli_summary(run)},
-            problems=_summary_problems(run, count),
-            targets=[Target("worker_peak_mb", "<=", 150, source="issue 3", full_only=True)],
-            series={"rss_mib": [[round(v, 2) for v in sample] for sample in run.rss[::step]]},
-        ))
+        rows.append(
+            Row(
+                "memory",
+                params,
+                metrics={
+                    "wall_s": run.wall_s,
+                    "msgs_per_s": count / run.wall_s,
+                    "payload_mb": volume_mb,
+                    "mb_per_s": volume_mb / run.wall_s,
+                    "worker_peak_mib": worker_mib,
+                    "worker_peak_mb": worker_mib * MiB / 1e6 if worker_mib else None,
+                    "worker_peak_sampled_mib": run.worker_peak_sampled_mib,
+                    "orchestrator_peak_mib": run.orchestrator_peak_mib,
+                    **cli_summary(run),
+                },
+                problems=_summary_problems(run, count),
+                targets=[Target("worker_peak_mb", "<=", 150, source="issue 3", full_only=True)],
+                series={"rss_mib": [[round(v, 2) for v in sample] for sample in run.rss[::step]]},
+            )
+        )
         if s.replay:
             replay = replay_cli(store, session, tmp)
-            rows.append(Row(
-                "replay", params,
-                metrics={"wall_s": replay.wall_s, "msgs_per_s": count / replay.wall_s,
-                         "payload_mb": volume_mb, "mb_per_s": volume_mb / replay.wall_s,
-                         "orchestrator_peak_mib": replay.orchestrator_peak_mib,
-                         **cli_summary(replay)},
-                problems=_summary_problems(replay, count),
-            ))
+            rows.append(
+                Row(
+                    "replay",
+                    params,
+                    metrics={
+                        "wall_s": replay.wall_s,
+                        "msgs_per_s": count / replay.wall_s,
+                        "payload_mb": volume_mb,
+                        "mb_per_s": volume_mb / replay.wall_s,
+                        "orchestrator_peak_mib": replay.orchestrator_peak_mib,
+                        **cli_summary(replay),
+                    },
+                    problems=_summary_problems(replay, count),
+                )
+            )
     return rows
 
 
 SCENARIOS: dict[str, Callable[[Settings, Store, Path], list[Row]]] = {
-    "burst": burst, "trickle": trickle, "fanin": fanin, "memory": memory,
+    "burst": burst,
+    "trickle": trickle,
+    "fanin": fanin,
+    "memory": memory,
 }
 
 
@@ -433,9 +521,12 @@ def plot(report: Report) -> None:
             ms = sorted(row.series["latency_ms"])
             if ms:
                 p = row.params
-                ax.plot(ms, [(i + 1) / len(ms) for i in range(len(ms))],
-                        label=f"{p['store']} via {p['via']} ({p['profile']}), "
-                              f"p50 {row.metrics['p50_ms']:.1f} ms")
+                ax.plot(
+                    ms,
+                    [(i + 1) / len(ms) for i in range(len(ms))],
+                    label=f"{p['store']} via {p['via']} ({p['profile']}), "
+                    f"p50 {row.metrics['p50_ms']:.1f} ms",
+                )
         ax.axvline(50, color="red", linestyle="--", label="target: median <= 50 ms")
         ax.legend()
         save_figure(fig, report.path("trickle_latency.png"))
@@ -444,16 +535,24 @@ def plot(report: Report) -> None:
         fig, ax = figure("Fan-in: writers into one session", "writer processes", "messages per s")
         for store in dict.fromkeys(r.params["store"] for r in fans):
             mine = [r for r in fans if r.params["store"] == store]
-            ax.plot([r.params["writers"] for r in mine], [r.metrics["msgs_per_s"] for r in mine],
-                    marker="o", label=f"{store}, {mine[0].params['per_writer']:,} msgs per writer")
+            ax.plot(
+                [r.params["writers"] for r in mine],
+                [r.metrics["msgs_per_s"] for r in mine],
+                marker="o",
+                label=f"{store}, {mine[0].params['per_writer']:,} msgs per writer",
+            )
         ax.set_xscale("log", base=2)
         thousands(ax.yaxis)
         ax.legend()
         save_figure(fig, report.path("fanin.png"))
     for row in (r for r in report.rows if r.scenario == "memory"):
         p = row.params
-        fig, ax = figure(f"Memory: streaming {row.metrics['payload_mb']:,.0f} MB in "
-                         f"{p['size']:,} B messages ({p['store']})", "seconds", "RSS (MiB)")
+        fig, ax = figure(
+            f"Memory: streaming {row.metrics['payload_mb']:,.0f} MB in "
+            f"{p['size']:,} B messages ({p['store']})",
+            "seconds",
+            "RSS (MiB)",
+        )
         samples = row.series["rss_mib"]
         ax.plot([t for t, _, _ in samples], [w for _, _, w in samples], label="worker")
         ax.plot([t for t, _, _ in samples], [o for _, o, _ in samples], label="orchestrator (CLI)")
@@ -476,11 +575,15 @@ def _size(row: Row) -> str:
 def _detail(row: Row) -> str:
     m = row.metrics
     if row.scenario == "trickle":
-        return (f"p50 {m['p50_ms']:.1f} p90 {m['p90_ms']:.1f} p99 {m['p99_ms']:.1f} "
-                f"max {num(m['max_ms'], 1)} ms; {m['received']}/{m['sent']} received")
+        return (
+            f"p50 {m['p50_ms']:.1f} p90 {m['p90_ms']:.1f} p99 {m['p99_ms']:.1f} "
+            f"max {num(m['max_ms'], 1)} ms; {m['received']}/{m['sent']} received"
+        )
     if row.scenario == "memory":
-        return (f"{m['payload_mb']:,.0f} MB at {m['mb_per_s']:,.0f} MB/s; worker peak "
-                f"{num(m['worker_peak_mib'], 1)} MiB (sampled {m['worker_peak_sampled_mib']:.1f})")
+        return (
+            f"{m['payload_mb']:,.0f} MB at {m['mb_per_s']:,.0f} MB/s; worker peak "
+            f"{num(m['worker_peak_mib'], 1)} MiB (sampled {m['worker_peak_sampled_mib']:.1f})"
+        )
     if row.scenario == "replay":
         return f"{m['payload_mb']:,.0f} MB re-read at {m['mb_per_s']:,.0f} MB/s by pipes-bus tail"
     return f"{m['lines']:,} lines, {m['writers']} writers, {m['errors']} errors"
@@ -506,30 +609,59 @@ COLUMNS = [
 
 def main() -> int:
     p = parser(__doc__ or "")
-    p.add_argument("--only", type=csv(str), default=list(SCENARIOS),
-                   help=f"scenarios to run, comma-separated (default: {','.join(SCENARIOS)})")
-    p.add_argument("--stores", type=csv(str), default=["file"],
-                   help=f"stores shared between processes, from: {', '.join(STORES)} "
-                        "(default: file)")
-    p.add_argument("--repeat", type=int, help="runs of burst and of each fan-in size; the "
-                                              "table shows the median (default 3; quick 1)")
+    p.add_argument(
+        "--only",
+        type=csv(str),
+        default=list(SCENARIOS),
+        help=f"scenarios to run, comma-separated (default: {','.join(SCENARIOS)})",
+    )
+    p.add_argument(
+        "--stores",
+        type=csv(str),
+        default=["file"],
+        help=f"stores shared between processes, from: {', '.join(STORES)} (default: file)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="runs of burst and of each fan-in size; the "
+        "table shows the median (default 3; quick 1)",
+    )
     p.add_argument("--burst", type=int, help="burst messages (default 1,000,000; quick 20,000)")
     p.add_argument("--trickle-seconds", type=float, help="default 10; quick 3")
     p.add_argument("--trickle-rate", type=float, default=100.0, help="messages/s (default 100)")
-    p.add_argument("--trickle-via", type=csv(str), default=["cli", "api"],
-                   help="consumers: cli (--events - through a pipe), api (run_subprocess)")
-    p.add_argument("--profiles", type=csv(str), default=list(PROFILES),
-                   help=f"API trickle session settings, from: {', '.join(PROFILES)}")
-    p.add_argument("--writers", type=csv(int), help="fan-in process counts (default 1,4,16,64; "
-                                                    "quick 1,8)")
-    p.add_argument("--per-writer", type=int, help="fan-in messages each (default 5,000; "
-                                                  "quick 1,000)")
-    p.add_argument("--memory-mb", type=float, help="payload volume streamed per size "
-                                                   "(default 1000; quick 20)")
-    p.add_argument("--memory-sizes", type=csv(int), help="payload bytes per message (default "
-                                                         "1000,262144; quick 1000)")
-    p.add_argument("--no-replay", dest="replay", action="store_false",
-                   help="skip re-reading each memory session with pipes-bus tail")
+    p.add_argument(
+        "--trickle-via",
+        type=csv(str),
+        default=["cli", "api"],
+        help="consumers: cli (--events - through a pipe), api (run_subprocess)",
+    )
+    p.add_argument(
+        "--profiles",
+        type=csv(str),
+        default=list(PROFILES),
+        help=f"API trickle session settings, from: {', '.join(PROFILES)}",
+    )
+    p.add_argument(
+        "--writers", type=csv(int), help="fan-in process counts (default 1,4,16,64; quick 1,8)"
+    )
+    p.add_argument(
+        "--per-writer", type=int, help="fan-in messages each (default 5,000; quick 1,000)"
+    )
+    p.add_argument(
+        "--memory-mb", type=float, help="payload volume streamed per size (default 1000; quick 20)"
+    )
+    p.add_argument(
+        "--memory-sizes",
+        type=csv(int),
+        help="payload bytes per message (default 1000,262144; quick 1000)",
+    )
+    p.add_argument(
+        "--no-replay",
+        dest="replay",
+        action="store_false",
+        help="skip re-reading each memory session with pipes-bus tail",
+    )
     args = p.parse_args()
     quick = args.quick
     settings = Settings(

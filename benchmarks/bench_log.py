@@ -28,13 +28,16 @@ from typing import Any
 from _report import Report, Row, Target, csv, figure, num, parser, save_figure, thousands
 from _stores import STORES, Store, open_store
 
-from pipes_bus import ChunkWriter, Custom, Event, SessionReader, WriterSettings
+from pipes_bus.log import ChunkWriter, SessionReader, WriterSettings
+from pipes_bus.messages import Custom
+from pipes_bus.orchestrator import Event
 
 TARGET = Target("msgs_per_s", ">=", 500_000, source="issue 2")
 
 
-def run_once(store: Store, encoding: str, chunk_bytes: int, payload_bytes: int,
-             count: int) -> dict[str, Any]:
+def run_once(
+    store: Store, encoding: str, chunk_bytes: int, payload_bytes: int, count: int
+) -> dict[str, Any]:
     """One writer, one following reader, ``count`` messages; returns the measurements."""
     session = f"s-bench-{secrets.token_hex(6)}"
     write_transport, read_transport = store.transport(), store.transport()
@@ -85,20 +88,30 @@ def run_once(store: Store, encoding: str, chunk_bytes: int, payload_bytes: int,
     }
 
 
-def measure(store: Store, encoding: str, chunk_kib: int, payload_bytes: int, count: int,
-            repeat: int) -> Row:
+def measure(
+    store: Store, encoding: str, chunk_kib: int, payload_bytes: int, count: int, repeat: int
+) -> Row:
     """Run one configuration ``repeat`` times; the row holds the median run."""
-    runs = [run_once(store, encoding, chunk_kib * 1024, payload_bytes, count)
-            for _ in range(repeat)]
+    runs = [
+        run_once(store, encoding, chunk_kib * 1024, payload_bytes, count) for _ in range(repeat)
+    ]
     runs.sort(key=lambda r: r["msgs_per_s"])
     median = runs[len(runs) // 2]
     row = Row(
         "log",
-        {"store": store.name, "encoding": encoding, "chunk_kib": chunk_kib,
-         "payload_bytes": payload_bytes, "messages": count, "repeat": repeat},
-        metrics={**median,
-                 "msgs_per_s_all": [round(r["msgs_per_s"]) for r in runs],
-                 "msgs_per_s_spread": statistics.pstdev(r["msgs_per_s"] for r in runs)},
+        {
+            "store": store.name,
+            "encoding": encoding,
+            "chunk_kib": chunk_kib,
+            "payload_bytes": payload_bytes,
+            "messages": count,
+            "repeat": repeat,
+        },
+        metrics={
+            **median,
+            "msgs_per_s_all": [round(r["msgs_per_s"]) for r in runs],
+            "msgs_per_s_spread": statistics.pstdev(r["msgs_per_s"] for r in runs),
+        },
         targets=[TARGET] if store.name == "memory" else [],
     )
     for r in runs:
@@ -112,18 +125,28 @@ def measure(store: Store, encoding: str, chunk_kib: int, payload_bytes: int, cou
 def plot(report: Report) -> None:
     """Grouped bars: msgs/s per configuration, one bar per store."""
     stores = list(dict.fromkeys(r.params["store"] for r in report.rows))
-    configs = list(dict.fromkeys(
-        (r.params["encoding"], r.params["chunk_kib"], r.params["payload_bytes"])
-        for r in report.rows))
-    fig, ax = figure("Log throughput (writer + following reader, one process)",
-                     "encoding / chunk size / payload", "messages per second")
+    configs = list(
+        dict.fromkeys(
+            (r.params["encoding"], r.params["chunk_kib"], r.params["payload_bytes"])
+            for r in report.rows
+        )
+    )
+    fig, ax = figure(
+        "Log throughput (writer + following reader, one process)",
+        "encoding / chunk size / payload",
+        "messages per second",
+    )
     width = 0.8 / max(1, len(stores))
     for s, store in enumerate(stores):
         values = []
         for config in configs:
-            match = [r for r in report.rows if r.params["store"] == store
-                     and (r.params["encoding"], r.params["chunk_kib"],
-                          r.params["payload_bytes"]) == config]
+            match = [
+                r
+                for r in report.rows
+                if r.params["store"] == store
+                and (r.params["encoding"], r.params["chunk_kib"], r.params["payload_bytes"])
+                == config
+            ]
             values.append(match[0].metrics["msgs_per_s"] if match else 0)
         ax.bar([i + s * width for i in range(len(configs))], values, width, label=store)
     ax.axhline(TARGET.limit, color="red", linestyle="--", label="target (memory://)")
@@ -136,17 +159,37 @@ def plot(report: Report) -> None:
 
 def main() -> int:
     p = parser(__doc__ or "")
-    p.add_argument("--stores", type=csv(str), default=["memory", "file"],
-                   help=f"comma-separated, from: {', '.join(STORES)} (default: memory,file)")
-    p.add_argument("--encodings", type=csv(str), default=["jsonl", "msgpack"],
-                   help="writer encodings (default: jsonl,msgpack)")
-    p.add_argument("--chunk-kib", type=csv(int), default=[256, 4096],
-                   help="chunk sizes in KiB (default: 256,4096; 4096 is the writer's default)")
-    p.add_argument("--payload-bytes", type=csv(int), default=[60],
-                   help="approximate JSON size of each payload (default: 60)")
+    p.add_argument(
+        "--stores",
+        type=csv(str),
+        default=["memory", "file"],
+        help=f"comma-separated, from: {', '.join(STORES)} (default: memory,file)",
+    )
+    p.add_argument(
+        "--encodings",
+        type=csv(str),
+        default=["jsonl", "msgpack"],
+        help="writer encodings (default: jsonl,msgpack)",
+    )
+    p.add_argument(
+        "--chunk-kib",
+        type=csv(int),
+        default=[256, 4096],
+        help="chunk sizes in KiB (default: 256,4096; 4096 is the writer's default)",
+    )
+    p.add_argument(
+        "--payload-bytes",
+        type=csv(int),
+        default=[60],
+        help="approximate JSON size of each payload (default: 60)",
+    )
     p.add_argument("--count", type=int, help="messages per run (default 1,000,000; quick 50,000)")
-    p.add_argument("--max-mb", type=float, default=1024,
-                   help="cap a run's payload volume: fewer messages for large payloads")
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=1024,
+        help="cap a run's payload volume: fewer messages for large payloads",
+    )
     p.add_argument("--repeat", type=int, help="runs per configuration (default 3; quick 1)")
     args = p.parse_args()
     count = args.count or (50_000 if args.quick else 1_000_000)
@@ -170,8 +213,10 @@ def main() -> int:
         ("write msgs/s", lambda r: num(r.metrics["write_msgs_per_s"])),
         ("MB/s", lambda r: num(r.metrics["mb_per_s"], 1)),
         ("runs msgs/s", lambda r: "/".join(f"{v / 1e3:.0f}k" for v in r.metrics["msgs_per_s_all"])),
-        ("req/1M msgs", lambda r: " ".join(f"{k}={v}" for k, v in
-                                           r.metrics["requests_per_1m"].items())),
+        (
+            "req/1M msgs",
+            lambda r: " ".join(f"{k}={v}" for k, v in r.metrics["requests_per_1m"].items()),
+        ),
     ]
     return report.finish(columns)
 

@@ -88,8 +88,10 @@ class Settings:
 
 def _latency_metrics(ms: list[float]) -> dict[str, Any]:
     ms = sorted(ms)
-    return {**{f"p{q}_ms": percentile(ms, q / 100) for q in (50, 90, 99)},
-            "max_ms": ms[-1] if ms else None}
+    return {
+        **{f"p{q}_ms": percentile(ms, q / 100) for q in (50, 90, 99)},
+        "max_ms": ms[-1] if ms else None,
+    }
 
 
 def _rates(proxy: CountingProxy, start: float, end: float) -> dict[str, Any]:
@@ -97,11 +99,14 @@ def _rates(proxy: CountingProxy, start: float, end: float) -> dict[str, Any]:
     counts, seconds = proxy.window(start, end)
     seconds = max(seconds, 1e-9)
     per_s = {k: v / seconds for k, v in counts.items() if v}
-    return {"window_s": round(seconds, 1), "requests_window": counts,
-            "requests_per_s": sum(per_s.values()),
-            "requests_per_s_by_kind": {k: round(v, 3) for k, v in per_s.items()},
-            "requests_per_hour": {k: round(v * 3600) for k, v in per_s.items()},
-            "usd_per_hour": cost({k: v * 3600 for k, v in per_s.items()})}
+    return {
+        "window_s": round(seconds, 1),
+        "requests_window": counts,
+        "requests_per_s": sum(per_s.values()),
+        "requests_per_s_by_kind": {k: round(v, 3) for k, v in per_s.items()},
+        "requests_per_hour": {k: round(v * 3600) for k, v in per_s.items()},
+        "usd_per_hour": cost({k: v * 3600 for k, v in per_s.items()}),
+    }
 
 
 # --- burst ---------------------------------------------------------------------------------
@@ -125,39 +130,62 @@ def burst(s: Settings, tmp: Path) -> list[Row]:
             walls.append(round(run.wall_s, 3))
         runs.sort(key=lambda rc: rc[0].wall_s)
         run, counts = runs[len(runs) // 2]
-        chosen = {"wall_s": run.wall_s, "msgs_per_s": n / run.wall_s, **counts,
-                  "errors": sum(c["errors"] for _, c in runs), "wall_s_all": walls,
-                  **cli_summary(run), "orchestrator_peak_mib": run.orchestrator_peak_mib,
-                  "worker_peak_mib": run.worker.get("peak_rss_mib"),
-                  "worker_emit_s": run.worker.get("seconds")}
-    ours = Row("burst", {"system": "pipes_bus", "store": "s3 (moto)", "messages": n,
-                         "repeat": s.repeat},
-               metrics=chosen, problems=problems,
-               targets=[Target("errors", "<=", 0, source="issue 4")])
+        chosen = {
+            "wall_s": run.wall_s,
+            "msgs_per_s": n / run.wall_s,
+            **counts,
+            "errors": sum(c["errors"] for _, c in runs),
+            "wall_s_all": walls,
+            **cli_summary(run),
+            "orchestrator_peak_mib": run.orchestrator_peak_mib,
+            "worker_peak_mib": run.worker.get("peak_rss_mib"),
+            "worker_emit_s": run.worker.get("seconds"),
+        }
+    ours = Row(
+        "burst",
+        {"system": "pipes_bus", "store": "s3 (moto)", "messages": n, "repeat": s.repeat},
+        metrics=chosen,
+        problems=problems,
+        targets=[Target("errors", "<=", 0, source="issue 4")],
+    )
     if not HAVE_DAGSTER:
         return [ours]
     refs: list[ReferenceRun] = []
     for _ in range(s.reference_repeat):
-        refs.append(run_reference(["burst", "--count", str(n)], reader="s3", tmp=tmp,
-                                  bucket=BUCKET))
+        refs.append(
+            run_reference(["burst", "--count", str(n)], reader="s3", tmp=tmp, bucket=BUCKET)
+        )
     refs.sort(key=lambda r: r.run_s)
     ref = refs[len(refs) // 2]
-    theirs = Row("burst", {"system": "dagster-pipes", "store": "s3 (moto)", "messages": n,
-                           "repeat": s.reference_repeat},
-                 metrics={"wall_s": ref.run_s, "total_s": ref.total_s,
-                          "wall_s_all": [round(r.run_s, 3) for r in refs],
-                          "msgs_per_s": len(ref.payloads) / ref.run_s if ref.run_s else None,
-                          "sent": ref.worker.get("sent"), "delivered": len(ref.payloads),
-                          "delivered_all": [len(r.payloads) for r in refs],
-                          "lost": (ref.worker.get("sent") or n) - len(ref.payloads),
-                          "reported_success": ref.success, "dagster_warnings": ref.problems[:5],
-                          "worker_emit_s": ref.worker.get("seconds")})
+    theirs = Row(
+        "burst",
+        {
+            "system": "dagster-pipes",
+            "store": "s3 (moto)",
+            "messages": n,
+            "repeat": s.reference_repeat,
+        },
+        metrics={
+            "wall_s": ref.run_s,
+            "total_s": ref.total_s,
+            "wall_s_all": [round(r.run_s, 3) for r in refs],
+            "msgs_per_s": len(ref.payloads) / ref.run_s if ref.run_s else None,
+            "sent": ref.worker.get("sent"),
+            "delivered": len(ref.payloads),
+            "delivered_all": [len(r.payloads) for r in refs],
+            "lost": (ref.worker.get("sent") or n) - len(ref.payloads),
+            "reported_success": ref.success,
+            "dagster_warnings": ref.problems[:5],
+            "worker_emit_s": ref.worker.get("seconds"),
+        },
+    )
     ratio = ref.run_s / chosen["wall_s"] if chosen.get("wall_s") else None
-    compare = Row("burst-ratio", {"system": "dagster-pipes / pipes_bus", "store": "s3 (moto)",
-                                  "messages": n},
-                  metrics={"ratio": ratio, "pipes_bus_s": chosen.get("wall_s"),
-                           "reference_s": ref.run_s},
-                  targets=[Target("ratio", ">=", 10, source="issue 4", full_only=True)])
+    compare = Row(
+        "burst-ratio",
+        {"system": "dagster-pipes / pipes_bus", "store": "s3 (moto)", "messages": n},
+        metrics={"ratio": ratio, "pipes_bus_s": chosen.get("wall_s"), "reference_s": ref.run_s},
+        targets=[Target("ratio", ">=", 10, source="issue 4", full_only=True)],
+    )
     return [ours, theirs, compare]
 
 
@@ -170,9 +198,14 @@ def trickle(s: Settings, tmp: Path, profile: str, rtt: float = 0.0) -> Row:
     with s3_proxied_store(rtt=rtt) as store:
         proxy: CountingProxy = store.proxy
         started = proxy.now()
-        run = run_cli(store, ["trickle", "--rate", str(s.trickle_rate),
-                              "--seconds", str(s.trickle_seconds)], tmp,
-                      events="-", on_line=got.line_handler(), options=PROFILES[profile])
+        run = run_cli(
+            store,
+            ["trickle", "--rate", str(s.trickle_rate), "--seconds", str(s.trickle_seconds)],
+            tmp,
+            events="-",
+            on_line=got.line_handler(),
+            options=PROFILES[profile],
+        )
         # Steady state: from 2 s in (the worker is up and trickling) to the last message.
         rates = _rates(proxy, started + 2.0, started + 1.0 + s.trickle_seconds)
         total = proxy.snapshot()
@@ -183,15 +216,29 @@ def trickle(s: Settings, tmp: Path, profile: str, rtt: float = 0.0) -> Row:
     where = f"s3 (moto, +{rtt * 1000:.0f} ms per request)" if rtt else "s3 (moto)"
     return Row(
         "trickle",
-        {"system": "pipes_bus", "store": where, "rtt_ms": rtt * 1000, "setting": profile,
-         "options": " ".join(PROFILES[profile]) or "(defaults)", "rate": s.trickle_rate,
-         "seconds": s.trickle_seconds},
-        metrics={"sent": sent, "delivered": len(got.seen), "errors": lost + got.duplicates,
-                 **_latency_metrics(got.ms), **rates, "requests_total": total,
-                 **cli_summary(run)},
+        {
+            "system": "pipes_bus",
+            "store": where,
+            "rtt_ms": rtt * 1000,
+            "setting": profile,
+            "options": " ".join(PROFILES[profile]) or "(defaults)",
+            "rate": s.trickle_rate,
+            "seconds": s.trickle_seconds,
+        },
+        metrics={
+            "sent": sent,
+            "delivered": len(got.seen),
+            "errors": lost + got.duplicates,
+            **_latency_metrics(got.ms),
+            **rates,
+            "requests_total": total,
+            **cli_summary(run),
+        },
         problems=problems,
-        targets=[Target("p50_ms", "<=", P50_TARGETS[profile], source="issue 4"),
-                 Target("errors", "<=", 0, source="issue 4")],
+        targets=[
+            Target("p50_ms", "<=", P50_TARGETS[profile], source="issue 4"),
+            Target("errors", "<=", 0, source="issue 4"),
+        ],
         series={"latency_cdf": cdf(got.ms, sent)},
     )
 
@@ -204,9 +251,13 @@ def reference_trickle(s: Settings, tmp: Path, interval: float | None, seconds: f
         os.environ["AWS_ENDPOINT_URL_S3"] = proxy.url  # both the reader's and the worker's
         started = proxy.now()
         try:
-            ref = run_reference(["trickle", "--rate", str(s.trickle_rate), "--seconds",
-                                 str(seconds)], reader="s3", tmp=tmp, bucket=BUCKET,
-                                writer_interval=interval)
+            ref = run_reference(
+                ["trickle", "--rate", str(s.trickle_rate), "--seconds", str(seconds)],
+                reader="s3",
+                tmp=tmp,
+                bucket=BUCKET,
+                writer_interval=interval,
+            )
         finally:
             os.environ["AWS_ENDPOINT_URL_S3"] = saved
         rates = _rates(proxy, started + 3.0, started + seconds)
@@ -217,12 +268,24 @@ def reference_trickle(s: Settings, tmp: Path, interval: float | None, seconds: f
     setting = "writer interval=1, reader default" if interval else "defaults (interval 10 s)"
     return Row(
         "reference-trickle",
-        {"system": "dagster-pipes", "store": "s3 (moto)", "setting": setting,
-         "options": f"interval={interval:g}" if interval else "(defaults)",
-         "rate": s.trickle_rate, "seconds": seconds},
-        metrics={"sent": sent, "delivered": len(ref.payloads), "lost": sent - len(ref.payloads),
-                 "reported_success": ref.success, "wall_s": ref.run_s,
-                 "dagster_warnings": ref.problems[:5], **_latency_metrics(got.ms), **rates},
+        {
+            "system": "dagster-pipes",
+            "store": "s3 (moto)",
+            "setting": setting,
+            "options": f"interval={interval:g}" if interval else "(defaults)",
+            "rate": s.trickle_rate,
+            "seconds": seconds,
+        },
+        metrics={
+            "sent": sent,
+            "delivered": len(ref.payloads),
+            "lost": sent - len(ref.payloads),
+            "reported_success": ref.success,
+            "wall_s": ref.run_s,
+            "dagster_warnings": ref.problems[:5],
+            **_latency_metrics(got.ms),
+            **rates,
+        },
         series={"latency_cdf": cdf(got.ms, sent)},
     )
 
@@ -247,17 +310,33 @@ def start_idle(s: Settings, stack: contextlib.ExitStack, tmp: Path) -> list[Idle
         until = time.time() + s.idle_seconds
         until_t = store.proxy.now() + s.idle_seconds
         stderr = tmp / f"idle-{writers}.txt"
-        argv = [*pipes_bus_cli(), "run", "--bus", store.url, *store.storage_args(), "--",
-                *workload("idle", "--procs", str(writers), "--until", f"{until:.3f}",
-                          "--preload", "pipes_bus_s3")]
+        argv = [
+            *pipes_bus_cli(),
+            "run",
+            "--bus",
+            store.url,
+            *store.storage_args(),
+            "--",
+            *workload(
+                "idle",
+                "--procs",
+                str(writers),
+                "--until",
+                f"{until:.3f}",
+                "--preload",
+                "pipes_bus_s3",
+            ),
+        ]
         with open(stderr, "wb") as err:
-            process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
-                                       env={**os.environ, **store.env})
+            process = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **store.env}
+            )
         sessions.append(IdleSession(writers, store, process, stderr, until_t))
     # Let every writer open (each puts its `opened` chunk) before timing anything else.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
-            x.store.proxy.snapshot()["put"] < x.writers for x in sessions):
+        x.store.proxy.snapshot()["put"] < x.writers for x in sessions
+    ):
         time.sleep(0.2)
     return sessions
 
@@ -286,20 +365,34 @@ def finish_idle(s: Settings, sessions: list[IdleSession]) -> list[Row]:
         settled = [b[0] for b in bins if b[0] >= 60 and (not over or b[0] > over[-1])]
         backed_off_at = settled[0] if settled else None
         text = x.stderr.read_text(errors="replace")
-        problems = [] if code == 0 else [f"the idle session exited {code}: "
-                                         f"{text.strip().splitlines()[-1:]}"]
-        rows.append(Row(
-            "idle", {"system": "pipes_bus", "store": "s3 (moto)", "setting": "default",
-                     "writers": x.writers, "window_s": s.idle_window,
-                     "idle_s": s.idle_seconds},
-            metrics={**rates, "requests_total": proxy.snapshot(),
-                     "idle_requests_per_minute": rates["requests_per_s"] * 60,
-                     "under_1_per_s_after_s": backed_off_at,
-                     "cli_requests": cli_summary_text(text)},
-            problems=problems,
-            targets=[Target("requests_per_s", "<=", 1.0, source="issue 4", full_only=True)],
-            series={"rate_60s": bins},
-        ))
+        problems = (
+            []
+            if code == 0
+            else [f"the idle session exited {code}: {text.strip().splitlines()[-1:]}"]
+        )
+        rows.append(
+            Row(
+                "idle",
+                {
+                    "system": "pipes_bus",
+                    "store": "s3 (moto)",
+                    "setting": "default",
+                    "writers": x.writers,
+                    "window_s": s.idle_window,
+                    "idle_s": s.idle_seconds,
+                },
+                metrics={
+                    **rates,
+                    "requests_total": proxy.snapshot(),
+                    "idle_requests_per_minute": rates["requests_per_s"] * 60,
+                    "under_1_per_s_after_s": backed_off_at,
+                    "cli_requests": cli_summary_text(text),
+                },
+                problems=problems,
+                targets=[Target("requests_per_s", "<=", 1.0, source="issue 4", full_only=True)],
+                series={"rate_60s": bins},
+            )
+        )
     return rows
 
 
@@ -313,19 +406,29 @@ def cli_summary_text(text: str) -> int | None:
 
 
 def plot(report: Report) -> None:
-    lat = [r for r in report.rows if r.scenario in ("trickle", "reference-trickle")
-           and r.series.get("latency_cdf")]
+    lat = [
+        r
+        for r in report.rows
+        if r.scenario in ("trickle", "reference-trickle") and r.series.get("latency_cdf")
+    ]
     if lat:
-        fig, ax = figure("S3 (moto), 100 msg/s: emit-to-delivery latency (CDF)",
-                         "latency (ms, log scale)", "fraction of messages sent", size=(9, 6))
+        fig, ax = figure(
+            "S3 (moto), 100 msg/s: emit-to-delivery latency (CDF)",
+            "latency (ms, log scale)",
+            "fraction of messages sent",
+            size=(9, 6),
+        )
         for row in lat:
             points = row.series["latency_cdf"]
             m, p = row.metrics, row.params
             rtt = f" +{p['rtt_ms']:g} ms/request" if p.get("rtt_ms") else ""
-            ax.plot([x for x, _ in points], [y for _, y in points],
-                    linestyle="--" if rtt else "-",
-                    label=f"{p['system']} {p['setting']}{rtt}: p50 {num(m['p50_ms'])} ms, "
-                          f"{m['delivered']:,}/{m['sent']:,} delivered")
+            ax.plot(
+                [x for x, _ in points],
+                [y for _, y in points],
+                linestyle="--" if rtt else "-",
+                label=f"{p['system']} {p['setting']}{rtt}: p50 {num(m['p50_ms'])} ms, "
+                f"{m['delivered']:,}/{m['sent']:,} delivered",
+            )
         ax.axvline(1000, color="grey", linestyle=":", label="1 s")
         ax.axvline(150, color="red", linestyle=":", label="150 ms")
         ax.set_xscale("log")
@@ -334,23 +437,33 @@ def plot(report: Report) -> None:
         save_figure(fig, report.path("trickle_latency.png"))
     idle = [r for r in report.rows if r.scenario == "idle"]
     if idle:
-        fig, ax = figure("S3 (moto): requests/s of an idle session (trailing 60 s average)",
-                         "seconds since the session started", "requests per second")
+        fig, ax = figure(
+            "S3 (moto): requests/s of an idle session (trailing 60 s average)",
+            "seconds since the session started",
+            "requests per second",
+        )
         for row in idle:
             bins = row.series["rate_60s"]
             w = row.params["writers"]
-            ax.plot([b[0] for b in bins], [b[1] for b in bins],
-                    label=f"{w} writer{'s' if w != 1 else ''}: "
-                          f"{row.metrics['requests_per_s']:.2f} req/s over the last "
-                          f"{row.params['window_s']:g} s")
+            ax.plot(
+                [b[0] for b in bins],
+                [b[1] for b in bins],
+                label=f"{w} writer{'s' if w != 1 else ''}: "
+                f"{row.metrics['requests_per_s']:.2f} req/s over the last "
+                f"{row.params['window_s']:g} s",
+            )
         ax.axhline(1.0, color="red", linestyle="--", label="target: 1 request/s")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
         save_figure(fig, report.path("idle_requests.png"))
     bursts = [r for r in report.rows if r.scenario == "burst"]
     if len(bursts) == 2:
-        fig, ax = figure(f"{bursts[0].params['messages']:,} custom messages over S3 (moto), "
-                         "end to end", "", "seconds (median)", size=(6, 4))
+        fig, ax = figure(
+            f"{bursts[0].params['messages']:,} custom messages over S3 (moto), end to end",
+            "",
+            "seconds (median)",
+            size=(6, 4),
+        )
         names = [r.params["system"] for r in bursts]
         values = [r.metrics["wall_s"] for r in bursts]
         ax.bar(names, values, color=["tab:blue", "tab:orange"])
@@ -374,18 +487,25 @@ def _detail(row: Row) -> str:
     m = row.metrics
     if row.scenario == "burst":
         walls = m.get("wall_s_all", [])
-        text = f"{m['wall_s']:.2f} s" + (f" ({'/'.join(f'{w:.2f}' for w in walls)})"
-                                         if len(walls) > 1 else "")
+        text = f"{m['wall_s']:.2f} s" + (
+            f" ({'/'.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else ""
+        )
         if row.params["system"] == "pipes_bus":
-            return (f"{text}; {m['delivered']:,} delivered, {m['errors']} errors; "
-                    f"orchestrator {num(m.get('orchestrator_requests'))} requests")
-        return (f"{text}; {m['delivered']:,}/{m['sent'] or 0:,} delivered; "
-                f"{'success' if m['reported_success'] else 'FAILED'} reported")
+            return (
+                f"{text}; {m['delivered']:,} delivered, {m['errors']} errors; "
+                f"orchestrator {num(m.get('orchestrator_requests'))} requests"
+            )
+        return (
+            f"{text}; {m['delivered']:,}/{m['sent'] or 0:,} delivered; "
+            f"{'success' if m['reported_success'] else 'FAILED'} reported"
+        )
     if row.scenario == "burst-ratio":
         return f"{num(m['ratio'], 1)}x ({m['reference_s']:.2f} s / {m['pipes_bus_s']:.2f} s)"
     if row.scenario in ("trickle", "reference-trickle"):
-        return (f"p50 {num(m['p50_ms'])} p99 {num(m['p99_ms'])} max {num(m['max_ms'])} ms; "
-                f"{m['delivered']:,}/{m['sent']:,} delivered")
+        return (
+            f"p50 {num(m['p50_ms'])} p99 {num(m['p99_ms'])} max {num(m['max_ms'])} ms; "
+            f"{m['delivered']:,}/{m['sent']:,} delivered"
+        )
     if row.scenario == "idle":
         return f"{m['requests_per_s']:.3f} req/s ({m['idle_requests_per_minute']:.1f}/min)"
     return "-"
@@ -406,33 +526,54 @@ COLUMNS = [
     ("size", _size),
     ("result", _detail),
     ("requests/s (steady)", _requests),
-    ("$/hour", lambda r: f"{r.metrics['usd_per_hour']:.4f}" if "usd_per_hour" in r.metrics
-     else "-"),
+    (
+        "$/hour",
+        lambda r: f"{r.metrics['usd_per_hour']:.4f}" if "usd_per_hour" in r.metrics else "-",
+    ),
 ]
 
 
 def main() -> int:
     p = parser(__doc__ or "")
     scenarios = ["burst", "trickle", "reference-trickle", "idle"]
-    p.add_argument("--only", type=csv(str), default=scenarios,
-                   help=f"scenarios, comma-separated (default: {','.join(scenarios)})")
+    p.add_argument(
+        "--only",
+        type=csv(str),
+        default=scenarios,
+        help=f"scenarios, comma-separated (default: {','.join(scenarios)})",
+    )
     p.add_argument("--burst", type=int, help="burst messages (default 1,000,000; quick 10,000)")
     p.add_argument("--repeat", type=int, help="pipes_bus burst runs (default 3; quick 1)")
     p.add_argument("--reference-repeat", type=int, help="Dagster Pipes burst runs (default 1)")
     p.add_argument("--trickle-seconds", type=float, help="default 15; quick 3")
-    p.add_argument("--trickle-rtt-ms", type=csv(float),
-                   help="also run the trickles with this latency added to every request, "
-                        "like a remote store's round trip (default 0,30; quick 0)")
-    p.add_argument("--reference-trickle-seconds", type=float,
-                   help="Dagster Pipes interval=1 trickle (default 60; quick 3)")
-    p.add_argument("--reference-default-seconds", type=float,
-                   help="Dagster Pipes trickle with defaults (default 30; quick: skipped, 0)")
+    p.add_argument(
+        "--trickle-rtt-ms",
+        type=csv(float),
+        help="also run the trickles with this latency added to every request, "
+        "like a remote store's round trip (default 0,30; quick 0)",
+    )
+    p.add_argument(
+        "--reference-trickle-seconds",
+        type=float,
+        help="Dagster Pipes interval=1 trickle (default 60; quick 3)",
+    )
+    p.add_argument(
+        "--reference-default-seconds",
+        type=float,
+        help="Dagster Pipes trickle with defaults (default 30; quick: skipped, 0)",
+    )
     p.add_argument("--idle-writers", type=csv(int), help="default 1,8,64; quick 1,8")
-    p.add_argument("--idle-window", type=float,
-                   help="seconds measured, at the end (default 150: longer than one probe "
-                        "period of an idle 64-writer session; quick 6)")
-    p.add_argument("--idle-seconds", type=float,
-                   help="how long the idle writers stay open (default 220; quick 12)")
+    p.add_argument(
+        "--idle-window",
+        type=float,
+        help="seconds measured, at the end (default 150: longer than one probe "
+        "period of an idle 64-writer session; quick 6)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="how long the idle writers stay open (default 220; quick 12)",
+    )
     args = p.parse_args()
     q = args.quick
     s = Settings(
@@ -442,19 +583,26 @@ def main() -> int:
         reference_repeat=args.reference_repeat or 1,
         trickle_rate=100.0,
         trickle_seconds=args.trickle_seconds or (3.0 if q else 15.0),
-        trickle_rtts=[ms / 1000 for ms in (args.trickle_rtt_ms if args.trickle_rtt_ms is not None
-                                           else ([0] if q else [0, 30]))],
+        trickle_rtts=[
+            ms / 1000
+            for ms in (
+                args.trickle_rtt_ms if args.trickle_rtt_ms is not None else ([0] if q else [0, 30])
+            )
+        ],
         reference_trickle_seconds=args.reference_trickle_seconds or (3.0 if q else 60.0),
-        reference_default_seconds=(args.reference_default_seconds
-                                   if args.reference_default_seconds is not None
-                                   else (0.0 if q else 30.0)),
+        reference_default_seconds=(
+            args.reference_default_seconds
+            if args.reference_default_seconds is not None
+            else (0.0 if q else 30.0)
+        ),
         idle_writers=args.idle_writers or ([1, 8] if q else [1, 8, 64]),
         idle_window=args.idle_window or (6.0 if q else 150.0),
         idle_seconds=args.idle_seconds or (12.0 if q else 220.0),
         only=args.only,
     )
-    report = Report("s3", "bench_s3: issue 4 on S3 (moto): burst vs Dagster Pipes, trickle, "
-                          "idle cost", args)
+    report = Report(
+        "s3", "bench_s3: issue 4 on S3 (moto): burst vs Dagster Pipes, trickle, idle cost", args
+    )
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         if "burst" in s.only:
@@ -468,12 +616,16 @@ def main() -> int:
         if "trickle" in s.only:
             for rtt in s.trickle_rtts:
                 for profile in PROFILES:
-                    print(f"running trickle ({profile}, +{rtt * 1000:g} ms) ...",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"running trickle ({profile}, +{rtt * 1000:g} ms) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     report.add(trickle(s, tmp, profile, rtt))
         if "reference-trickle" in s.only and not HAVE_DAGSTER:
-            print("skipping the Dagster Pipes scenarios: pip install -e '.[bench]'",
-                  file=sys.stderr)
+            print(
+                "skipping the Dagster Pipes scenarios: pip install -e '.[bench]'", file=sys.stderr
+            )
         elif "reference-trickle" in s.only:
             print("running the reference trickle ...", file=sys.stderr, flush=True)
             report.add(reference_trickle(s, tmp, 1.0, s.reference_trickle_seconds))

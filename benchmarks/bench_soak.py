@@ -49,21 +49,26 @@ from _report import Report, Row, Target, csv, figure, num, parser, save_figure
 from _stores import Store, open_store, s3_proxied_store
 from bench_e2e import cli_summary, run_cli
 
-from pipes_bus import ChunkWriter, Custom, Event, SessionReader, WriterSettings
+from pipes_bus.log import ChunkWriter, SessionReader, WriterSettings
+from pipes_bus.messages import Custom
+from pipes_bus.orchestrator import Event
 from pipes_bus.testing.fault_proxy import ProxyFaults
 from pipes_bus.testing.faults import FaultPlan, FaultyTransport
 
 OUTAGE_EVERY = 8.0
 OUTAGE_FOR = 2.5
-NO_LOSS = [Target("lost", "<=", 0, source="issue 5"),
-           Target("duplicates", "<=", 0, source="issue 5"),
-           Target("out_of_order", "<=", 0, source="issue 5")]
+NO_LOSS = [
+    Target("lost", "<=", 0, source="issue 5"),
+    Target("duplicates", "<=", 0, source="issue 5"),
+    Target("out_of_order", "<=", 0, source="issue 5"),
+]
 
 
 def faults(seed: int) -> ProxyFaults:
     """The issue-5 fault mix."""
-    return ProxyFaults(slow_down=0.15, drop=0.05, outage_every=OUTAGE_EVERY,
-                       outage_for=OUTAGE_FOR, seed=seed)
+    return ProxyFaults(
+        slow_down=0.15, drop=0.05, outage_every=OUTAGE_EVERY, outage_for=OUTAGE_FOR, seed=seed
+    )
 
 
 @dataclass
@@ -81,19 +86,36 @@ class Settings:
 
 
 def _fanin_args(writers: int, per_writer: int, rate: float) -> list[str]:
-    return ["fanin", "--procs", str(writers), "--count", str(per_writer), "--rate", f"{rate:g}",
-            "--pad", "40", "--preload", "pipes_bus_s3"]
+    return [
+        "fanin",
+        "--procs",
+        str(writers),
+        "--count",
+        str(per_writer),
+        "--rate",
+        f"{rate:g}",
+        "--pad",
+        "40",
+        "--preload",
+        "pipes_bus_s3",
+    ]
 
 
 def _proxy_metrics(proxy: CountingProxy, seconds: float) -> dict[str, Any]:
     requests = proxy.snapshot()
     injected = proxy.faults_injected
     total = sum(requests.values())
-    return {"requests": {k: v for k, v in requests.items() if v}, "requests_total": total,
-            "requests_per_s": total / seconds if seconds else None,
-            "injected": injected,
-            "injected_share": round((injected["slow_down"] + injected["drop"]
-                                     + injected["outage"]) / total, 3) if total else None}
+    return {
+        "requests": {k: v for k, v in requests.items() if v},
+        "requests_total": total,
+        "requests_per_s": total / seconds if seconds else None,
+        "injected": injected,
+        "injected_share": round(
+            (injected["slow_down"] + injected["drop"] + injected["outage"]) / total, 3
+        )
+        if total
+        else None,
+    }
 
 
 # --- target --------------------------------------------------------------------------------
@@ -105,19 +127,34 @@ def target(s: Settings, tmp: Path) -> Row:
     with s3_proxied_store(faults(seed=5)) as store:
         events = tmp / "target-events.jsonl"
         events.unlink(missing_ok=True)
-        run = run_cli(store, _fanin_args(w, n, rate), tmp, events=str(events),
-                      watch_interval=0.25)
+        run = run_cli(store, _fanin_args(w, n, rate), tmp, events=str(events), watch_interval=0.25)
         counts, problems = verify_events(events, w, n)
         events.unlink(missing_ok=True)
-        metrics = {**counts, "exit_code": run.exit_code, "wall_s": run.wall_s,
-                   **_proxy_metrics(store.proxy, run.wall_s), **cli_summary(run),
-                   "orchestrator_peak_mib": run.orchestrator_peak_mib,
-                   "worker_peak_mib": run.worker_peak_sampled_mib}
-    return Row("target", {"messages": w * n, "writers": w, "rate_per_writer": round(rate),
-                          "store": "s3 (moto) via FaultProxy"},
-               metrics=metrics, problems=run.problems() + problems,
-               targets=[Target("delivered", ">=", w * n, source="issue 5"), *NO_LOSS,
-                        Target("exit_code", "<=", 0, source="issue 5")])
+        metrics = {
+            **counts,
+            "exit_code": run.exit_code,
+            "wall_s": run.wall_s,
+            **_proxy_metrics(store.proxy, run.wall_s),
+            **cli_summary(run),
+            "orchestrator_peak_mib": run.orchestrator_peak_mib,
+            "worker_peak_mib": run.worker_peak_sampled_mib,
+        }
+    return Row(
+        "target",
+        {
+            "messages": w * n,
+            "writers": w,
+            "rate_per_writer": round(rate),
+            "store": "s3 (moto) via FaultProxy",
+        },
+        metrics=metrics,
+        problems=run.problems() + problems,
+        targets=[
+            Target("delivered", ">=", w * n, source="issue 5"),
+            *NO_LOSS,
+            Target("exit_code", "<=", 0, source="issue 5"),
+        ],
+    )
 
 
 # --- soak ----------------------------------------------------------------------------------
@@ -136,27 +173,50 @@ class SessionOutcome:
     orchestrator_requests: int | None
 
 
-def _lane(lane: int, s: Settings, store: Store, deadline: float, t0: float, tmp: Path,
-          out: list[SessionOutcome], lock: threading.Lock) -> None:
+def _lane(
+    lane: int,
+    s: Settings,
+    store: Store,
+    deadline: float,
+    t0: float,
+    tmp: Path,
+    out: list[SessionOutcome],
+    lock: threading.Lock,
+) -> None:
     mine = tmp / f"lane-{lane}"
     mine.mkdir()
     while time.monotonic() < deadline:
         events = mine / "events.jsonl"
         events.unlink(missing_ok=True)
         started = time.monotonic() - t0
-        run = run_cli(store, _fanin_args(s.writers, s.per_writer, s.rate), mine,
-                      events=str(events), watch_interval=0.5)
+        run = run_cli(
+            store,
+            _fanin_args(s.writers, s.per_writer, s.rate),
+            mine,
+            events=str(events),
+            watch_interval=0.5,
+        )
         counts, problems = verify_events(events, s.writers, s.per_writer)
         events.unlink(missing_ok=True)
-        outcome = SessionOutcome(lane, started, run.wall_s, run.exit_code, counts,
-                                 run.problems() + problems, run.orchestrator_peak_mib,
-                                 run.worker_peak_sampled_mib,
-                                 cli_summary(run).get("orchestrator_requests"))
+        outcome = SessionOutcome(
+            lane,
+            started,
+            run.wall_s,
+            run.exit_code,
+            counts,
+            run.problems() + problems,
+            run.orchestrator_peak_mib,
+            run.worker_peak_sampled_mib,
+            cli_summary(run).get("orchestrator_requests"),
+        )
         with lock:
             out.append(outcome)
-        print(f"  lane {lane}: session {len(out)} done at {started + run.wall_s:.0f} s, "
-              f"{counts['delivered']:,} delivered, exit {run.exit_code}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  lane {lane}: session {len(out)} done at {started + run.wall_s:.0f} s, "
+            f"{counts['delivered']:,} delivered, exit {run.exit_code}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def soak(s: Settings, tmp: Path) -> Row:
@@ -165,9 +225,12 @@ def soak(s: Settings, tmp: Path) -> Row:
     with s3_proxied_store(faults(seed=7)) as store:
         t0 = time.monotonic()
         deadline = t0 + s.minutes * 60
-        threads = [threading.Thread(target=_lane, args=(k, s, store, deadline, t0, tmp,
-                                                        outcomes, lock), daemon=True)
-                   for k in range(s.lanes)]
+        threads = [
+            threading.Thread(
+                target=_lane, args=(k, s, store, deadline, t0, tmp, outcomes, lock), daemon=True
+            )
+            for k in range(s.lanes)
+        ]
         for thread in threads:
             thread.start()
             time.sleep(1.0)  # stagger the lanes
@@ -178,14 +241,17 @@ def soak(s: Settings, tmp: Path) -> Row:
         samples = store.proxy.samples
     total = len(outcomes)
     sum_of = lambda key: sum(o.counts[key] for o in outcomes)  # noqa: E731
-    problems = [f"session {i + 1} (lane {o.lane}): {p}" for i, o in enumerate(outcomes)
-                for p in o.problems]
+    problems = [
+        f"session {i + 1} (lane {o.lane}): {p}" for i, o in enumerate(outcomes) for p in o.problems
+    ]
     metrics = {
         "sessions": total,
         "writers_total": sum(o.counts["writers"] for o in outcomes),
         "expected": total * s.writers * s.per_writer,
-        "delivered": sum_of("delivered"), "duplicates": sum_of("duplicates"),
-        "lost": sum_of("lost"), "out_of_order": sum_of("out_of_order"),
+        "delivered": sum_of("delivered"),
+        "duplicates": sum_of("duplicates"),
+        "lost": sum_of("lost"),
+        "out_of_order": sum_of("out_of_order"),
         "faults": sum_of("faults"),
         "sessions_not_exit_0": sum(1 for o in outcomes if o.exit_code != 0),
         "seconds": seconds,
@@ -196,14 +262,27 @@ def soak(s: Settings, tmp: Path) -> Row:
         **proxy_metrics,
     }
     step = max(1, len(samples) // 300)
-    return Row("soak", {"minutes": s.minutes, "lanes": s.lanes, "writers": s.writers,
-                        "per_writer": s.per_writer, "rate": s.rate,
-                        "store": "s3 (moto) via FaultProxy"},
-               metrics=metrics, problems=problems,
-               targets=[*NO_LOSS, Target("sessions_not_exit_0", "<=", 0, source="issue 5")],
-               series={"requests": [[round(t, 1), sum(c.values())] for t, c in samples[::step]],
-                       "sessions": [[round(o.started, 1), round(o.wall_s, 2), o.lane,
-                                     o.counts["delivered"]] for o in outcomes]})
+    return Row(
+        "soak",
+        {
+            "minutes": s.minutes,
+            "lanes": s.lanes,
+            "writers": s.writers,
+            "per_writer": s.per_writer,
+            "rate": s.rate,
+            "store": "s3 (moto) via FaultProxy",
+        },
+        metrics=metrics,
+        problems=problems,
+        targets=[*NO_LOSS, Target("sessions_not_exit_0", "<=", 0, source="issue 5")],
+        series={
+            "requests": [[round(t, 1), sum(c.values())] for t, c in samples[::step]],
+            "sessions": [
+                [round(o.started, 1), round(o.wall_s, 2), o.lane, o.counts["delivered"]]
+                for o in outcomes
+            ],
+        },
+    )
 
 
 # --- in process, FaultyTransport -----------------------------------------------------------
@@ -252,15 +331,27 @@ def faulty(s: Settings, name: str) -> Row:
         for k, v in t.injected.items():
             injected[k] = injected.get(k, 0) + v
     lost = n - got["delivered"]
-    return Row("faulty", {"store": f"{name} via FaultyTransport", "messages": n},
-               metrics={**got, "lost": lost, "seconds": seconds, "msgs_per_s": n / seconds,
-                        "chunks": writer.chunks_published, "injected": injected,
-                        "requests": {**wt.stats.snapshot()["requests"]},
-                        "reader_requests": rt.stats.snapshot()["requests"]},
-               problems=[f"{lost} lost, {got['duplicates']} duplicated, "
-                         f"{got['out_of_order']} out of order, {got['faults']} faults"]
-               if lost or got["duplicates"] or got["out_of_order"] or got["faults"] else [],
-               targets=NO_LOSS)
+    return Row(
+        "faulty",
+        {"store": f"{name} via FaultyTransport", "messages": n},
+        metrics={
+            **got,
+            "lost": lost,
+            "seconds": seconds,
+            "msgs_per_s": n / seconds,
+            "chunks": writer.chunks_published,
+            "injected": injected,
+            "requests": {**wt.stats.snapshot()["requests"]},
+            "reader_requests": rt.stats.snapshot()["requests"],
+        },
+        problems=[
+            f"{lost} lost, {got['duplicates']} duplicated, "
+            f"{got['out_of_order']} out of order, {got['faults']} faults"
+        ]
+        if lost or got["duplicates"] or got["out_of_order"] or got["faults"]
+        else [],
+        targets=NO_LOSS,
+    )
 
 
 # --- report --------------------------------------------------------------------------------
@@ -271,24 +362,38 @@ def plot(report: Report) -> None:
     if not rows:
         return
     row = rows[0]
-    fig, ax = figure(f"Soak: {row.metrics['sessions']} sessions through the fault proxy "
-                     f"({row.params['lanes']} lanes)", "seconds", "requests per second")
+    fig, ax = figure(
+        f"Soak: {row.metrics['sessions']} sessions through the fault proxy "
+        f"({row.params['lanes']} lanes)",
+        "seconds",
+        "requests per second",
+    )
     samples = row.series["requests"]
-    rates = [(b[0], (b[1] - a[1]) / max(b[0] - a[0], 1e-9))
-             for a, b in itertools.pairwise(samples)]
+    rates = [(b[0], (b[1] - a[1]) / max(b[0] - a[0], 1e-9)) for a, b in itertools.pairwise(samples)]
     ax.plot([t for t, _ in rates], [r for _, r in rates], lw=0.8, label="requests/s at the proxy")
     end = rates[-1][0] if rates else 0
     t = OUTAGE_EVERY - OUTAGE_FOR
     first = True
     while t < end:
-        ax.axvspan(t, t + OUTAGE_FOR, color="red", alpha=0.12,
-                   label="outage (every request fails)" if first else None)
+        ax.axvspan(
+            t,
+            t + OUTAGE_FOR,
+            color="red",
+            alpha=0.12,
+            label="outage (every request fails)" if first else None,
+        )
         first = False
         t += OUTAGE_EVERY
     ax2 = ax.twinx()
     for k, (start, wall, lane, delivered) in enumerate(row.series["sessions"]):
-        ax2.plot([start + 0.4, start + wall - 0.4], [lane, lane], lw=6, solid_capstyle="butt",
-                 color=("tab:green", "tab:olive")[k % 2], alpha=0.7)
+        ax2.plot(
+            [start + 0.4, start + wall - 0.4],
+            [lane, lane],
+            lw=6,
+            solid_capstyle="butt",
+            color=("tab:green", "tab:olive")[k % 2],
+            alpha=0.7,
+        )
         ax2.text(start + wall / 2, lane + 0.15, f"{delivered:,}", ha="center", fontsize=6)
     ax2.set_ylabel("sessions by lane (messages delivered, each checked)")
     ax2.set_yticks(range(row.params["lanes"]))
@@ -300,8 +405,10 @@ def plot(report: Report) -> None:
 def _size(row: Row) -> str:
     p, m = row.params, row.metrics
     if row.scenario == "soak":
-        return (f"{m['sessions']} sessions x {p['writers']} writers x {p['per_writer']:,} "
-                f"at {p['rate']:g}/s, {p['lanes']} lanes, {m['seconds']:.0f} s")
+        return (
+            f"{m['sessions']} sessions x {p['writers']} writers x {p['per_writer']:,} "
+            f"at {p['rate']:g}/s, {p['lanes']} lanes, {m['seconds']:.0f} s"
+        )
     if row.scenario == "target":
         return f"{p['writers']} writers x {p['messages'] // p['writers']:,}"
     return f"{p['messages']:,}"
@@ -310,8 +417,10 @@ def _size(row: Row) -> str:
 def _result(row: Row) -> str:
     m = row.metrics
     expected = m.get("expected", row.params.get("messages"))
-    text = (f"{m['delivered']:,}/{expected:,} delivered, {m['duplicates']} dup, "
-            f"{m['lost']} lost, {m['out_of_order']} out of order")
+    text = (
+        f"{m['delivered']:,}/{expected:,} delivered, {m['duplicates']} dup, "
+        f"{m['lost']} lost, {m['out_of_order']} out of order"
+    )
     if row.scenario == "target":
         text += f"; exit {m['exit_code']} in {m['wall_s']:.1f} s"
     if row.scenario == "soak":
@@ -324,9 +433,11 @@ def _requests(row: Row) -> str:
     if "injected_share" in m:
         req = m["requests"]
         inj = m["injected"]
-        return (f"{m['requests_total']:,} ({' '.join(f'{k}={req[k]:,}' for k in KINDS if k in req)}"
-                f"); injected: {inj['slow_down']:,} 503, {inj['drop']:,} drops, "
-                f"{inj['outage']:,} in outages ({m['injected_share']:.0%})")
+        return (
+            f"{m['requests_total']:,} ({' '.join(f'{k}={req[k]:,}' for k in KINDS if k in req)}"
+            f"); injected: {inj['slow_down']:,} 503, {inj['drop']:,} drops, "
+            f"{inj['outage']:,} in outages ({m['injected_share']:.0%})"
+        )
     inj = m.get("injected", {})
     return "injected: " + ", ".join(f"{v:,} {k}" for k, v in inj.items())
 
@@ -336,9 +447,15 @@ COLUMNS = [
     ("store", lambda r: r.params["store"]),
     ("size", _size),
     ("result", _result),
-    ("peak MiB orch./worker", lambda r: f"{num(r.metrics.get('orchestrator_peak_mib'), 1)} / "
-                                        f"{num(r.metrics.get('worker_peak_mib'), 1)}"
-     if "orchestrator_peak_mib" in r.metrics else "-"),
+    (
+        "peak MiB orch./worker",
+        lambda r: (
+            f"{num(r.metrics.get('orchestrator_peak_mib'), 1)} / "
+            f"{num(r.metrics.get('worker_peak_mib'), 1)}"
+            if "orchestrator_peak_mib" in r.metrics
+            else "-"
+        ),
+    ),
     ("requests (at the store)", _requests),
 ]
 
@@ -346,32 +463,43 @@ COLUMNS = [
 def main() -> int:
     p = parser(__doc__ or "")
     scenarios = ["target", "soak", "faulty"]
-    p.add_argument("--only", type=csv(str), default=scenarios,
-                   help=f"scenarios, comma-separated (default: {','.join(scenarios)})")
+    p.add_argument(
+        "--only",
+        type=csv(str),
+        default=scenarios,
+        help=f"scenarios, comma-separated (default: {','.join(scenarios)})",
+    )
     p.add_argument("--target-messages", type=int, help="default 100,000; quick 2,000")
-    p.add_argument("--minutes", type=float, help="soak length: sessions start until then "
-                                                "(default 2.5; quick 0.1)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="soak length: sessions start until then (default 2.5; quick 0.1)",
+    )
     p.add_argument("--lanes", type=int, help="concurrent sessions (default 3; quick 2)")
-    p.add_argument("--writers", type=int, help="worker processes per session (default 3; "
-                                               "quick 2)")
-    p.add_argument("--per-writer", type=int, help="messages per writer (default 4,000; "
-                                                  "quick 200)")
+    p.add_argument("--writers", type=int, help="worker processes per session (default 3; quick 2)")
+    p.add_argument("--per-writer", type=int, help="messages per writer (default 4,000; quick 200)")
     p.add_argument("--rate", type=float, help="messages/s per writer (default 200; quick 100)")
-    p.add_argument("--faulty-count", type=int, help="in-process messages (default 50,000; "
-                                                    "quick 10,000)")
+    p.add_argument(
+        "--faulty-count", type=int, help="in-process messages (default 50,000; quick 10,000)"
+    )
     args = p.parse_args()
     q = args.quick
     target_messages = args.target_messages or (2_000 if q else 100_000)
     s = Settings(
-        quick=q, target_writers=4, target_per_writer=target_messages // 4,
+        quick=q,
+        target_writers=4,
+        target_per_writer=target_messages // 4,
         target_seconds=2.0 if q else 20.0,
-        minutes=args.minutes or (0.1 if q else 2.5), lanes=args.lanes or (2 if q else 3),
-        writers=args.writers or (2 if q else 3), per_writer=args.per_writer or (200 if q else 4000),
+        minutes=args.minutes or (0.1 if q else 2.5),
+        lanes=args.lanes or (2 if q else 3),
+        writers=args.writers or (2 if q else 3),
+        per_writer=args.per_writer or (200 if q else 4000),
         rate=args.rate or (100.0 if q else 200.0),
         faulty_count=args.faulty_count or (10_000 if q else 50_000),
     )
-    report = Report("soak", "bench_soak: issue 5, faults on (503 SlowDown, dropped connections, "
-                            "outages)", args)
+    report = Report(
+        "soak", "bench_soak: issue 5, faults on (503 SlowDown, dropped connections, outages)", args
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "faulty" in args.only:

@@ -34,8 +34,9 @@ def _pipes(writer: str, interval: float | None) -> Any:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--writer", choices=("default", "s3"), default="default")
     p.add_argument("--interval", type=float, help="S3 writer upload interval (default: its own)")
     p.add_argument("--report", metavar="FILE")

@@ -23,16 +23,21 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
     p.add_argument("--strict", action="store_true", help="a missed target fails the run too")
     p.add_argument("--out", metavar="DIR", help="results directory (default: benchmarks/results)")
-    p.add_argument("--only", metavar="NAMES",
-                   help="comma-separated script names without bench_ (e.g. log,e2e)")
-    p.add_argument("--no-docs", dest="docs", action="store_false",
-                   help="do not rewrite docs/benchmarks.md and docs/comparison.md after a "
-                        "full run")
+    p.add_argument(
+        "--only", metavar="NAMES", help="comma-separated script names without bench_ (e.g. log,e2e)"
+    )
+    p.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_false",
+        help="do not rewrite docs/benchmarks.md and docs/comparison.md after a full run",
+    )
     args = p.parse_args()
     passed = [f for f in ("--quick", "--strict") if getattr(args, f[2:])]
     if args.out:

@@ -67,14 +67,22 @@ def _rank(rank: int, count: int, rate: float = 0.0, pad: int = 0) -> None:
             report({"r": rank, "i": i, "v": filler})
 
 
-def fanin(procs: int, count: int, start_method: str, rate: float = 0.0, pad: int = 0,
-          preload: list[str] | None = None) -> int:
+def fanin(
+    procs: int,
+    count: int,
+    start_method: str,
+    rate: float = 0.0,
+    pad: int = 0,
+    preload: list[str] | None = None,
+) -> int:
     for module in preload or ():
         # Forked children inherit it: each does not pay the cloud SDK's import again.
         importlib.import_module(module)
     ctx = multiprocessing.get_context(start_method)
-    children = [ctx.Process(target=_rank, args=(r, count, rate, pad))  # type: ignore[attr-defined]
-                for r in range(procs)]
+    children = [
+        ctx.Process(target=_rank, args=(r, count, rate, pad))  # type: ignore[attr-defined]
+        for r in range(procs)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -134,8 +142,9 @@ def unencodable(count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--report", metavar="FILE", help="write a JSON summary here at the end")
     sub = p.add_subparsers(dest="workload", required=True)
     s = sub.add_parser("burst")
@@ -167,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.workload == "trickle":
         sent = trickle(args.rate, args.seconds)
     elif args.workload == "fanin":
-        sent = fanin(args.procs, args.count, args.start_method, args.rate, args.pad,
-                     args.preload)
+        sent = fanin(args.procs, args.count, args.start_method, args.rate, args.pad, args.preload)
     elif args.workload == "idle":
         sent = idle(args.procs, args.until, args.preload)
     elif args.workload == "unencodable":

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from pipes_bus import PROTOCOL_VERSION, AnyMessage, ChunkHeader, MetadataValue
+from pipes_bus.log import ChunkHeader
+from pipes_bus.messages import PROTOCOL_VERSION, AnyMessage, MetadataValue
 
 TARGET = Path(__file__).with_name("wire-schema.json")
 

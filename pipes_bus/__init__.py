@@ -1,16 +1,23 @@
 """pipes_bus: run work anywhere and hear back from it through shared storage.
 
-This module is the worker's import and stays light: it loads no orchestrator code,
-no CLI extras and no cloud SDK.
+This is the worker's face: ``import pipes_bus`` then ``pipes_bus.open_worker()``. Importing
+it loads nothing but the error tree; the worker's machinery (msgspec, the writer, the
+transport) loads when a name below is first used, and it never loads a reader, an
+orchestrator, CLI extras, asyncio or a cloud SDK. Every error pipes_bus raises is here,
+whichever face raised it. The other faces:
+
+- :mod:`pipes_bus.messages`: the wire schema (message kinds, typed metadata values);
+- :mod:`pipes_bus.orchestrator`: sessions, their events and results, launching work;
+- :mod:`pipes_bus.log`: the chunked log itself, for custom runtimes;
+- :mod:`pipes_bus.transports`: the transport interface, for store plugin authors.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._chunk import ChunkHeader
-from ._context import Context, PartitionKeyRange, PartitionTimeWindow, register_context_loader
-from ._errors import (
+from pipes_bus._errors import (
     BufferFullError,
     ConfigurationError,
     DeliveryError,
@@ -27,131 +34,68 @@ from ._errors import (
     UnreadableObjectError,
     WriterClosedError,
 )
-from ._reader import Event, SessionCursor, SessionReader, StreamCursor, StreamFault
-from ._retry import PollSchedule, RetryPolicy
-from ._schema import (
-    PROTOCOL_VERSION,
-    AnyMessage,
-    BoolValue,
-    Check,
-    Closed,
-    Custom,
-    ExceptionInfo,
-    FloatValue,
-    IntValue,
-    JsonValue,
-    Log,
-    MarkdownValue,
-    Materialization,
-    Message,
-    MetadataValue,
-    Opened,
-    Output,
-    PathValue,
-    Progress,
-    TableColumn,
-    TableValue,
-    TextValue,
-    TimestampValue,
-    UnknownMessage,
-    UrlValue,
-    WriterInfo,
-    metadata_value,
-)
-from ._version import __version__
-from ._worker import Worker, WorkerTerminated, open_worker
-from ._writer import ChunkWriter, WriterSettings
-from .transports import Capabilities, Transport, open_transport, register_transport
+from pipes_bus._version import __version__
+
+if TYPE_CHECKING:
+    from pipes_bus._wire.bootstrap import Context, PartitionKeyRange, PartitionTimeWindow
+    from pipes_bus._worker.api import Worker, open_worker
+    from pipes_bus._worker.lifecycle import WorkerTerminated
+    from pipes_bus._worker.loaders import register_context_loader
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "AnyMessage",
-    "BoolValue",
     "BufferFullError",
-    "Capabilities",
-    "Check",
-    "ChunkHeader",
-    "ChunkWriter",
-    "Closed",
     "ConfigurationError",
     "Context",
-    "Custom",
     "DeliveryError",
     "EncodeError",
-    "Event",
-    "ExceptionInfo",
-    "FloatValue",
-    "IntValue",
-    "JsonValue",
-    "Log",
-    "MarkdownValue",
-    "Materialization",
-    "Message",
     "MessageTooLargeError",
-    "MetadataValue",
     "NotInSessionError",
     "ObjectTooLargeError",
-    "Opened",
-    "Output",
     "PartitionKeyRange",
     "PartitionTimeWindow",
-    "PathValue",
     "PermanentStoreError",
     "PipesBusError",
     "PipesBusWarning",
-    "PollSchedule",
-    "Progress",
-    "RetryPolicy",
-    "Session",
-    "SessionCursor",
-    "SessionReader",
-    "SessionResult",
     "StoreError",
-    "StreamCursor",
-    "StreamFault",
-    "TableColumn",
-    "TableValue",
-    "TextValue",
-    "TimestampValue",
     "TransientStoreError",
-    "Transport",
-    "UnknownMessage",
     "UnknownSchemeError",
     "UnreadableObjectError",
-    "UrlValue",
     "Worker",
     "WorkerTerminated",
     "WriterClosedError",
-    "WriterInfo",
-    "WriterSettings",
     "__version__",
-    "metadata_value",
-    "open_session",
-    "open_transport",
     "open_worker",
     "register_context_loader",
-    "register_transport",
-    "run_subprocess",
 ]
 
-# Public errors report themselves as pipes_bus.X (in tracebacks and `closed` messages).
-# (Structs keep their module: msgspec resolves their annotations through it.)
-for _name in __all__:
-    _value = globals().get(_name)
-    if isinstance(_value, type) and issubclass(_value, BaseException | Warning):
-        _value.__module__ = "pipes_bus"
-del _name, _value
-
-if TYPE_CHECKING:
-    from .orchestrator import Session, SessionResult, open_session, run_subprocess
-
-_ORCHESTRATOR = frozenset({"Session", "SessionResult", "open_session", "run_subprocess"})
+# Where each name that loads on first use lives.
+_LAZY = {
+    "Context": "pipes_bus._wire.bootstrap",
+    "PartitionKeyRange": "pipes_bus._wire.bootstrap",
+    "PartitionTimeWindow": "pipes_bus._wire.bootstrap",
+    "Worker": "pipes_bus._worker.api",
+    "open_worker": "pipes_bus._worker.api",
+    "WorkerTerminated": "pipes_bus._worker.lifecycle",
+    "register_context_loader": "pipes_bus._worker.loaders",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The orchestrator side loads only when asked for, so workers stay light.
-    if name in _ORCHESTRATOR:
-        from . import orchestrator
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipes_bus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
 
-        return getattr(orchestrator, name)
-    raise AttributeError(f"module 'pipes_bus' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+for _name in __all__:
+    _value = globals().get(_name)
+    if isinstance(_value, type):
+        _value.__module__ = __name__
+del _name, _value

@@ -1,5 +1,5 @@
 """``python -m pipes_bus`` is the ``pipes-bus`` command."""
 
-from .cli import main
+from pipes_bus.cli import main
 
 raise SystemExit(main())

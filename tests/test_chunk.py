@@ -11,8 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipes_bus import Closed, Custom, Log, UnknownMessage
-from pipes_bus._chunk import (
+from pipes_bus._wire.chunk import (
     FORMAT,
     BadMessage,
     ChunkHeader,
@@ -23,7 +22,8 @@ from pipes_bus._chunk import (
     parse_header,
     sign,
 )
-from pipes_bus._limits import MAX_NESTING, json_too_deep, value_too_deep
+from pipes_bus._wire.limits import MAX_NESTING, json_too_deep, value_too_deep
+from pipes_bus.messages import Closed, Custom, Log, UnknownMessage
 
 MESSAGES: list[Any] = [
     Log(message="hello", level="debug"),

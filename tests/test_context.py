@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipes_bus import ConfigurationError, Context, PartitionKeyRange, PartitionTimeWindow
-from pipes_bus._context import CONTEXT_ENV, SESSION_ENV, decode_params, load_context
+from pipes_bus._wire.bootstrap import CONTEXT_ENV, SESSION_ENV, decode_params
+from pipes_bus._worker.loaders import load_context
 from pipes_bus.orchestrator import (
     ArgvContextInjector,
     AutoContextInjector,

@@ -19,7 +19,10 @@ import msgspec
 import pytest
 
 import pipes_bus
-from pipes_bus import (
+import pipes_bus.messages
+from pipes_bus._wire.chunk import build_chunk
+from pipes_bus.log import SessionReader
+from pipes_bus.messages import (
     Check,
     Closed,
     Custom,
@@ -29,16 +32,13 @@ from pipes_bus import (
     Opened,
     Output,
     Progress,
-    SessionReader,
-    StreamFault,
     TableColumn,
     TableValue,
     UrlValue,
     WriterInfo,
     metadata_value,
 )
-from pipes_bus._chunk import build_chunk
-from pipes_bus.orchestrator import open_session
+from pipes_bus.orchestrator import StreamFault, open_session
 from pipes_bus.transports._memory import MemoryTransport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,9 @@ def _one_of_each_kind() -> list[Any]:
     }
     typed = {k: metadata_value(v) for k, v in metadata.items()}
     error = ExceptionInfo(
-        type="ValueError", message="bad", stack=["  File x\n"],
+        type="ValueError",
+        message="bad",
+        stack=["  File x\n"],
         cause=ExceptionInfo(type="KeyError", message="'k'"),
     )
     return [
@@ -108,15 +110,15 @@ class TestWireSchema:
 
     def test_schema_names_the_protocol_version(self, schema: dict[str, Any]) -> None:
         """The schema says which protocol version it describes."""
-        assert schema["x-pipes-bus-protocol"] == pipes_bus.PROTOCOL_VERSION
-        assert pipes_bus.PROTOCOL_VERSION in schema["title"]
+        assert schema["x-pipes-bus-protocol"] == pipes_bus.messages.PROTOCOL_VERSION
+        assert pipes_bus.messages.PROTOCOL_VERSION in schema["title"]
 
     def test_schema_covers_every_message_kind_and_metadata_type(
         self, schema: dict[str, Any]
     ) -> None:
         """Every message kind and metadata type of the code has a schema definition."""
-        kinds = {t.__struct_config__.tag for t in pipes_bus.AnyMessage.__args__}
-        types = {t.__struct_config__.tag for t in pipes_bus.MetadataValue.__args__}
+        kinds = {t.__struct_config__.tag for t in pipes_bus.messages.AnyMessage.__args__}
+        types = {t.__struct_config__.tag for t in pipes_bus.messages.MetadataValue.__args__}
         defs = schema["$defs"]
         assert set(defs["Message"]["discriminator"]["mapping"]) == kinds
         assert set(defs["MetadataValue"]["discriminator"]["mapping"]) == types
@@ -182,8 +184,9 @@ class TestProtocolPage:
         """crc32 is CRC-32 of the header with mac removed and crc32 as 0, a newline, the body."""
         body = b'{"kind":"custom","payload":1}\n'
         for key in (None, b"k" * 32):
-            data = build_chunk(writer="w-1", chunk=3, first=7, count=1, body=body,
-                               compression="gzip", key=key)
+            data = build_chunk(
+                writer="w-1", chunk=3, first=7, count=1, body=body, compression="gzip", key=key
+            )
             line, stored = data.split(b"\n", 1)
             header = json.loads(line)
             masked = re.sub(rb',"mac":"[^"]*"', b"", line)
@@ -206,9 +209,18 @@ class TestProtocolPage:
             body = zlib.compress(
                 b"".join(json.dumps(m, separators=(",", ":")).encode() + b"\n" for m in messages)
             )
-            header = {"format": "pipes-bus-chunk", "protocol": "1.0", "writer": writer,
-                      "chunk": number, "first": first, "count": len(messages),
-                      "compression": "zlib", "size": len(body), "crc32": 0, "final": final}
+            header = {
+                "format": "pipes-bus-chunk",
+                "protocol": "1.0",
+                "writer": writer,
+                "chunk": number,
+                "first": first,
+                "count": len(messages),
+                "compression": "zlib",
+                "size": len(body),
+                "crc32": 0,
+                "final": final,
+            }
             line = json.dumps(header, separators=(",", ":")).encode()
             header["crc32"] = zlib.crc32(line + b"\n" + body)
             line = json.dumps(header, separators=(",", ":")).encode()
@@ -218,7 +230,10 @@ class TestProtocolPage:
         items = reader.poll()
         assert not [i for i in items if isinstance(i, StreamFault)]
         assert [(i.seq, type(i.message).__name__) for i in items] == [
-            (0, "Opened"), (1, "Log"), (2, "Custom"), (3, "Closed"),
+            (0, "Opened"),
+            (1, "Log"),
+            (2, "Custom"),
+            (3, "Closed"),
         ]
         assert reader.open_writers == []
 
@@ -229,8 +244,11 @@ class TestProtocolPage:
             return json.loads(zlib.decompress(base64.urlsafe_b64decode(text)))
 
         options = {"key": "AKIA", "secret": "s", "endpoint_url": "http://127.0.0.1:9"}
-        with open_session(str(tmp_path / "bus"), context={"asset_keys": ["orders"]},
-                          storage_options={**options, "fsync": False}) as session:
+        with open_session(
+            str(tmp_path / "bus"),
+            context={"asset_keys": ["orders"]},
+            storage_options={**options, "fsync": False},
+        ) as session:
             params = decode(session.env["PIPES_BUS_SESSION"])
             context = decode(session.env["PIPES_BUS_CONTEXT"])
         assert params["bus"] == str(tmp_path / "bus")
@@ -250,9 +268,22 @@ class TestSite:
             pytest.skip("mkdocs-material is not installed (pip install mkdocs-material)")
         env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "NO_COLOR": "1"}
         done = subprocess.run(
-            [sys.executable, "-m", "mkdocs", "build", "--strict",
-             "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "mkdocs",
+                "build",
+                "--strict",
+                "--config-file",
+                str(ROOT / "mkdocs.yml"),
+                "--site-dir",
+                str(tmp_path / "site"),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
@@ -273,8 +304,9 @@ class TestReadme:
         """README shows the one-command demo and the one-command test run."""
         readme = (ROOT / "README.md").read_text(encoding="utf-8")
         assert 'pip install ".[cli]" && pipes-bus run -- python docs/examples/hello.py' in readme
-        block = re.search(r"<!-- BEGIN test command.*?-->(.*?)<!-- END test command -->",
-                          readme, re.DOTALL)
+        block = re.search(
+            r"<!-- BEGIN test command.*?-->(.*?)<!-- END test command -->", readme, re.DOTALL
+        )
         assert block is not None, "README lost its marked test-command block"
         assert "pytest" in block.group(1)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipes_bus import Check, Materialization
+from pipes_bus.messages import Check, Materialization
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -29,17 +29,31 @@ def _environment() -> dict[str, str]:
 
 def _cli(script: str, tmp_path: Path, *options: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipes_bus", "run", "-q",
-        "--bus", str(tmp_path / "bus"), "--events", str(tmp_path / "events.jsonl"),
-        *options, "--", sys.executable, str(EXAMPLES / script),
+        sys.executable,
+        "-m",
+        "pipes_bus",
+        "run",
+        "-q",
+        "--bus",
+        str(tmp_path / "bus"),
+        "--events",
+        str(tmp_path / "events.jsonl"),
+        *options,
+        "--",
+        sys.executable,
+        str(EXAMPLES / script),
     ]
 
 
 def run_cli(script: str, tmp_path: Path, *options: str) -> tuple[int, list[dict[str, Any]]]:
     """`pipes-bus run --events FILE -- python docs/examples/SCRIPT`: (exit status, events)."""
     done = subprocess.run(
-        _cli(script, tmp_path, *options), cwd=ROOT, env=_environment(),
-        capture_output=True, text=True, timeout=120,
+        _cli(script, tmp_path, *options),
+        cwd=ROOT,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0 or done.stderr, "a non-zero status comes with a reason"
     return done.returncode, _events(tmp_path)
@@ -83,8 +97,13 @@ class TestHello:
         status, events = run_cli("hello.py", tmp_path)
         assert status == 0
         assert _kinds(events) == {
-            "opened": 1, "log": 2, "progress": 5, "custom": 5,
-            "materialization": 1, "check": 1, "closed": 1,
+            "opened": 1,
+            "log": 2,
+            "progress": 5,
+            "custom": 5,
+            "materialization": 1,
+            "check": 1,
+            "closed": 1,
         }
         _assert_streams_complete(events)
 
@@ -141,13 +160,20 @@ class TestFanInExample:
         status, events = run_cli("fan_in.py", tmp_path)
         assert status == 0
         assert _kinds(events) == {
-            "opened": 9, "closed": 9, "custom": 40, "materialization": 9, "log": 2,
+            "opened": 9,
+            "closed": 9,
+            "custom": 40,
+            "materialization": 9,
+            "log": 2,
         }
         labels = sorted(e["info"]["label"] for e in events if e["kind"] == "opened")
         assert labels == sorted(["main", *(f"part-{n}" for n in range(8))])
         _assert_streams_complete(events)
-        rows = {e["asset_key"]: e["metadata"]["rows"]["value"]
-                for e in events if e["kind"] == "materialization"}
+        rows = {
+            e["asset_key"]: e["metadata"]["rows"]["value"]
+            for e in events
+            if e["kind"] == "materialization"
+        }
         assert rows == {"events": 2000, **{f"events/part-{n}": 250 for n in range(8)}}
 
 
@@ -158,10 +184,17 @@ class TestLongJobExample:
         status, events = run_cli("long_job.py", tmp_path, "--context", context)
         assert status == 0
         assert _kinds(events) == {
-            "opened": 1, "log": 2, "progress": 10, "materialization": 1, "closed": 1,
+            "opened": 1,
+            "log": 2,
+            "progress": 10,
+            "materialization": 1,
+            "closed": 1,
         }
-        progress = [(e["label"], e["current"], e["total"], e["unit"])
-                    for e in events if e["kind"] == "progress"]
+        progress = [
+            (e["label"], e["current"], e["total"], e["unit"])
+            for e in events
+            if e["kind"] == "progress"
+        ]
         assert progress == [
             *(("download", float(n), 5.0, "files") for n in range(1, 6)),
             *(("transform", float(n * 1000), 5000.0, "rows") for n in range(1, 6)),
@@ -173,7 +206,10 @@ class TestLongJobExample:
         context = json.dumps({"extras": {"files": 10000, "delay": 0.01}})
         process = subprocess.Popen(
             _cli("long_job.py", tmp_path, "--context", context),
-            cwd=ROOT, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=_environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             deadline = time.monotonic() + 30

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipes_bus import ConfigurationError, _keys
-from pipes_bus._keys import (
+from pipes_bus import ConfigurationError
+from pipes_bus._wire import keys as _keys
+from pipes_bus._wire.keys import (
     chunk_key,
     chunk_number,
     is_id,

@@ -15,19 +15,11 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipes_bus import (
-    ChunkWriter,
-    Closed,
-    Custom,
-    Event,
-    RetryPolicy,
-    SessionCursor,
-    SessionReader,
-    StreamFault,
-    WriterSettings,
-)
-from pipes_bus._chunk import parse_header
-from pipes_bus._keys import chunk_key, stream_prefix
+from pipes_bus._wire.chunk import parse_header
+from pipes_bus._wire.keys import chunk_key, stream_prefix
+from pipes_bus.log import ChunkWriter, RetryPolicy, SessionReader, WriterSettings
+from pipes_bus.messages import Closed, Custom
+from pipes_bus.orchestrator import Event, SessionCursor, StreamFault
 from pipes_bus.testing import FaultPlan, FaultyTransport
 from pipes_bus.transports._memory import MemoryTransport
 

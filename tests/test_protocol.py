@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipes_bus import IntValue, _keys
+from pipes_bus._wire import keys as _keys
+from pipes_bus.messages import IntValue
 from pipes_bus.orchestrator import Session
 
 WORKER = Path(__file__).parents[1] / "docs" / "examples" / "stdlib_worker.py"
@@ -32,7 +33,10 @@ class TestStdlibWorker:
             timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
-        assert not any(line.startswith(("import pipes_bus", "from pipes_bus")) for line in WORKER.read_text().splitlines())
+        assert not any(
+            line.startswith(("import pipes_bus", "from pipes_bus"))
+            for line in WORKER.read_text().splitlines()
+        )
         result = session.wait(done=lambda: True, grace=0)
         assert result.ok, result.problems()
         [writer] = result.writers.values()

@@ -9,26 +9,17 @@ import msgspec
 import pytest
 
 from pipes_bus import (
-    ChunkWriter,
-    Closed,
     ConfigurationError,
-    Custom,
-    Event,
-    Log,
     PermanentStoreError,
-    PollSchedule,
-    SessionCursor,
-    SessionReader,
-    StreamCursor,
-    StreamFault,
     TransientStoreError,
-    UnknownMessage,
     UnreadableObjectError,
-    WriterSettings,
 )
-from pipes_bus._chunk import build_chunk, checksum
-from pipes_bus._keys import chunk_key, stream_prefix
-from pipes_bus._reader import split_custom
+from pipes_bus._log.items import split_custom
+from pipes_bus._wire.chunk import build_chunk, checksum
+from pipes_bus._wire.keys import chunk_key, stream_prefix
+from pipes_bus.log import ChunkWriter, Schedule, SessionReader, WriterSettings
+from pipes_bus.messages import Closed, Custom, Log, UnknownMessage
+from pipes_bus.orchestrator import Event, SessionCursor, StreamCursor, StreamFault
 from pipes_bus.testing import FaultPlan, FaultyTransport
 from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
@@ -815,7 +806,7 @@ class TestFollow:
             if len(sleeps) == 7:
                 writer.close()
 
-        schedule = PollSchedule(minimum=0.01, maximum=0.04, factor=2.0)
+        schedule = Schedule(minimum=0.01, maximum=0.04, factor=2.0)
         r = reader(bus, clock, discover_interval=0.04, idle_rate=1000)
         items = list(r.follow(schedule=schedule, sleep=sleep))
         assert seqs(items) == [0, 1, 2]
@@ -927,11 +918,11 @@ class TestFollow:
 
 
 class TestPollSchedule:
-    """PollSchedule: the adaptive wait between polls."""
+    """Schedule: the adaptive wait between polls."""
 
     def test_grows_by_factor_up_to_maximum_and_resets_on_progress(self) -> None:
         """Idle polls multiply the wait up to the cap; a productive poll drops it to the minimum."""
-        schedule = PollSchedule(minimum=0.1, maximum=0.5, factor=2.0)
+        schedule = Schedule(minimum=0.1, maximum=0.5, factor=2.0)
         waits = [schedule.next(False) for _ in range(4)]
         assert waits == [0.2, 0.4, 0.5, 0.5]
         assert schedule.next(True) == 0.1

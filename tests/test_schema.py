@@ -10,14 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipes_bus import (
+from pipes_bus import EncodeError
+from pipes_bus._wire.schema import PROTOCOL_MAJOR, PROTOCOL_MINOR, known_fields
+from pipes_bus.messages import (
     PROTOCOL_VERSION,
     AnyMessage,
     BoolValue,
     Check,
     Closed,
     Custom,
-    EncodeError,
     ExceptionInfo,
     FloatValue,
     IntValue,
@@ -39,7 +40,6 @@ from pipes_bus import (
     WriterInfo,
     metadata_value,
 )
-from pipes_bus._schema import PROTOCOL_MAJOR, PROTOCOL_MINOR, known_fields
 
 METADATA: list[MetadataValue] = [
     TextValue("hello"),

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 import pipes_bus
-from pipes_bus import ChunkWriter, ConfigurationError, Custom, Opened, WriterInfo
-from pipes_bus._chunk import build_chunk
-from pipes_bus._context import KEY_ENV, decode_params, load_context
+from pipes_bus import ConfigurationError
 from pipes_bus._redact import redact
+from pipes_bus._wire.bootstrap import KEY_ENV, decode_params
+from pipes_bus._wire.chunk import build_chunk
+from pipes_bus._worker.loaders import load_context
+from pipes_bus.log import ChunkWriter
+from pipes_bus.messages import Custom, Opened, WriterInfo
 from pipes_bus.orchestrator import Session
 
 

@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pipes_bus import (
-    ChunkWriter,
-    ConfigurationError,
-    Custom,
-    Event,
-    Opened,
-    StreamFault,
-    WriterInfo,
-)
-from pipes_bus._context import decode_params
-from pipes_bus._session import DEFAULT_SETTLE
-from pipes_bus.orchestrator import Session, run_subprocess
+from pipes_bus import ConfigurationError
+from pipes_bus._orchestrator.session import DEFAULT_SETTLE
+from pipes_bus._wire.bootstrap import decode_params
+from pipes_bus.log import ChunkWriter
+from pipes_bus.messages import Custom, Opened, WriterInfo
+from pipes_bus.orchestrator import Event, Session, StreamFault, run_subprocess
 from pipes_bus.transports import open_transport
 
 
@@ -227,7 +221,7 @@ class TestReattach:
         for i in range(100, 150):
             writer.write(Custom(payload=i))
         writer.close()
-        from pipes_bus import SessionCursor
+        from pipes_bus.orchestrator import SessionCursor
 
         second = Session.attach(
             open_transport(bus),

@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 
 import pipes_bus
-from pipes_bus import (
-    BoolValue,
-    Closed,
-    IntValue,
-    Log,
-    NotInSessionError,
-    Opened,
-    PipesBusWarning,
-    TextValue,
-)
-from pipes_bus._worker import OUTPUT_PIECE
+import pipes_bus.orchestrator
+from pipes_bus import NotInSessionError, PipesBusWarning
+from pipes_bus._worker.capture import OUTPUT_PIECE
+from pipes_bus.messages import BoolValue, Closed, IntValue, Log, Opened, TextValue
 from pipes_bus.orchestrator import Session
 from tests.scripts import payloads, run_script
 
@@ -250,7 +243,7 @@ class TestProcesses:
                 time.sleep(0.01)
             process.send_signal(signal.SIGTERM)
 
-        result = pipes_bus.run_subprocess(
+        result = pipes_bus.orchestrator.run_subprocess(
             [sys.executable, str(script)],
             bus=str(tmp_path / "bus"),
             on_start=terminate_when_started,
@@ -404,22 +397,34 @@ class TestProcesses:
 
 
 class TestLightImport:
-    def test_import_loads_no_orchestrator_cli_or_cloud_sdk(self) -> None:
-        """`import pipes_bus` pulls in no orchestrator or CLI code, no rich, no cloud SDK."""
-        code = "import sys, pipes_bus; print('\\n'.join(sorted(sys.modules)))"
+    @pytest.mark.parametrize(
+        "code",
+        ["import pipes_bus", "import pipes_bus; pipes_bus.open_worker; pipes_bus.Context"],
+        ids=["import", "worker-names"],
+    )
+    def test_the_worker_face_loads_no_reader_orchestrator_asyncio_or_sdk(self, code: str) -> None:
+        """`import pipes_bus`, and the worker's names once used, pull in no reader, no
+        orchestrator or CLI code, no asyncio or tenacity, no rich and no cloud SDK."""
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            [sys.executable, "-c", f"{code}; import sys; print('\\n'.join(sorted(sys.modules)))"],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         loaded = set(out.stdout.split())
         forbidden = {
+            "pipes_bus._log.reader",
+            "pipes_bus._orchestrator",
             "pipes_bus.orchestrator",
-            "pipes_bus._session",
-            "pipes_bus._subprocess",
             "pipes_bus.cli",
+            "pipes_bus.integrations",
+            "asyncio",
+            "tenacity",
             "rich",
             "s3fs",
             "gcsfs",
             "adlfs",
+            "obstore",
             "boto3",
             "botocore",
             "aiobotocore",
@@ -430,7 +435,14 @@ class TestLightImport:
             "dagster_pipes",
         }
         assert loaded & forbidden == set()
-        assert "pipes_bus._worker" in loaded
+        if "open_worker" in code:
+            assert "pipes_bus._worker.api" in loaded
+        else:
+            assert {m for m in loaded if m.startswith("pipes_bus")} == {
+                "pipes_bus",
+                "pipes_bus._errors",
+                "pipes_bus._version",
+            }
 
     def test_a_worker_on_a_directory_bus_loads_no_fsspec(self, tmp_path: Path) -> None:
         """Reporting over a directory bus needs neither fsspec nor any cloud SDK."""

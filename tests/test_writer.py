@@ -15,27 +15,20 @@ import pytest
 
 from pipes_bus import (
     BufferFullError,
-    ChunkWriter,
-    Closed,
     ConfigurationError,
-    Custom,
     DeliveryError,
     EncodeError,
-    Event,
-    ExceptionInfo,
-    Log,
     MessageTooLargeError,
     PermanentStoreError,
-    RetryPolicy,
-    SessionReader,
-    StreamFault,
     TransientStoreError,
     WriterClosedError,
-    WriterSettings,
 )
-from pipes_bus._chunk import ChunkProblem, parse_header
-from pipes_bus._keys import chunk_key, stream_prefix
-from pipes_bus._limits import MAX_NESTING, MiB
+from pipes_bus._wire.chunk import ChunkProblem, parse_header
+from pipes_bus._wire.keys import chunk_key, stream_prefix
+from pipes_bus._wire.limits import MAX_NESTING, MiB
+from pipes_bus.log import ChunkWriter, RetryPolicy, SessionReader, WriterSettings
+from pipes_bus.messages import Closed, Custom, ExceptionInfo, Log
+from pipes_bus.orchestrator import Event, StreamFault
 from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
 
@@ -765,9 +758,7 @@ class TestClose:
             link.__cause__ = error
             error = link
         info = ExceptionInfo.from_exception(error)
-        writer.close(
-            msgspec.structs.replace(info, stack=[f"frame {i}\n" for i in range(500)])
-        )
+        writer.close(msgspec.structs.replace(info, stack=[f"frame {i}\n" for i in range(500)]))
         items = SessionReader(bus, SESSION, discover_interval=0, max_chunk_bytes=2 * MiB).poll()
         [(_, closed)] = messages(items)
         assert isinstance(closed, Closed) and closed.exception is not None

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipes_bus import Event, Progress, StreamFault
-from pipes_bus.orchestrator import SessionResult, open_session
+from pipes_bus.messages import Progress
+from pipes_bus.orchestrator import Event, SessionResult, StreamFault, open_session
 
 JOB = Path(__file__).with_name("long_job.py")
 

@@ -16,12 +16,10 @@ from typing import Any
 
 import msgspec
 
-from .._context import KEY_ENV, make_context, parse_key
-from .._errors import ConfigurationError, PipesBusError, StoreError
-from .._reader import SessionCursor
-from .._redact import printable, redact
-from .._retry import PollSchedule
-from .._session import (
+from pipes_bus._errors import ConfigurationError, PipesBusError, StoreError
+from pipes_bus._log.items import SessionCursor
+from pipes_bus._log.schedule import Schedule
+from pipes_bus._orchestrator.session import (
     BUS_ENV,
     DEFAULT_SETTLE,
     EXIT_INCOMPLETE,
@@ -30,7 +28,9 @@ from .._session import (
     Session,
     default_bus_url,
 )
-from .._version import __version__
+from pipes_bus._redact import printable, redact
+from pipes_bus._version import __version__
+from pipes_bus._wire.bootstrap import KEY_ENV, make_context, parse_key
 
 __all__ = ["main"]
 
@@ -280,9 +280,9 @@ def _save_cursor(path: Path, cursor: SessionCursor) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .._process import LocalProcess, StopPolicy
-    from ._events import EventSink
-    from ._view import make_view
+    from pipes_bus._orchestrator.process import LocalProcess, StopPolicy
+    from pipes_bus.cli._events import EventSink
+    from pipes_bus.cli._view import make_view
 
     command = list(args.argv)
     if command and command[0] == "--":
@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
         capture_output=args.capture_output,
         sign=args.sign,
         writer_settings={"linger": args.linger} if args.linger is not None else None,
-        poll=PollSchedule(minimum=args.poll) if args.poll is not None else None,
+        poll=Schedule(minimum=args.poll) if args.poll is not None else None,
         collect=False,
         grace=args.grace,
         settle=args.settle,
@@ -427,15 +427,15 @@ def _split_session_url(url: str) -> tuple[str, str]:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from ._events import EventSink
-    from ._view import make_view
+    from pipes_bus.cli._events import EventSink
+    from pipes_bus.cli._view import make_view
 
     bus, session_id = _split_session_url(args.url)
     cursor_path = Path(args.cursor) if args.cursor else None
     if args.resume and cursor_path is None:
         cursor_path = Path(f".pipes-bus-cursor-{session_id}.json")
-    from .._keys import validate_id
-    from ..transports import open_transport
+    from pipes_bus._wire.keys import validate_id
+    from pipes_bus.transports import open_transport
 
     validate_id("session id", session_id)
     transport = open_transport(bus, **_storage_options(args.storage_option))
@@ -469,8 +469,8 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from .._keys import is_id, streams_prefix
-    from ..transports import open_transport
+    from pipes_bus._wire.keys import is_id, streams_prefix
+    from pipes_bus.transports import open_transport
 
     bus = args.url or default_bus_url()
     transport = open_transport(bus, **_storage_options(args.storage_option))

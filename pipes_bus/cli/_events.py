@@ -9,8 +9,8 @@ from typing import IO, Any
 
 import msgspec
 
-from .._reader import Event, StreamFault
-from .._schema import UnknownMessage
+from pipes_bus._log.items import Event, StreamFault
+from pipes_bus._wire.schema import UnknownMessage
 
 __all__ = ["EventSink"]
 

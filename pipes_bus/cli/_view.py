@@ -10,10 +10,19 @@ import sys
 import time
 from typing import Any
 
-from .._reader import Event, StreamFault, split_custom
-from .._redact import printable, redact
-from .._schema import Check, Closed, Custom, Log, Materialization, Opened, Output, Progress
-from .._session import SessionResult
+from pipes_bus._log.items import Event, StreamFault, split_custom
+from pipes_bus._orchestrator.session import SessionResult
+from pipes_bus._redact import printable, redact
+from pipes_bus._wire.schema import (
+    Check,
+    Closed,
+    Custom,
+    Log,
+    Materialization,
+    Opened,
+    Output,
+    Progress,
+)
 
 __all__ = ["make_view", "safe"]
 

@@ -3,6 +3,6 @@
 Importing this package needs pytest (for the suite); the worker side never imports it.
 """
 
-from .faults import FaultPlan, FaultyTransport
+from pipes_bus.testing.faults import FaultPlan, FaultyTransport
 
 __all__ = ["FaultPlan", "FaultyTransport"]

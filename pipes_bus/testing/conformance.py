@@ -20,11 +20,12 @@ import threading
 
 import pytest
 
-from .._errors import ObjectTooLargeError
-from .._reader import Event, SessionReader
-from .._schema import Closed, Custom
-from .._writer import ChunkWriter, WriterSettings
-from ..transports import Capabilities, Transport
+from pipes_bus._errors import ObjectTooLargeError
+from pipes_bus._log.items import Event
+from pipes_bus._log.reader import SessionReader
+from pipes_bus._log.writer import ChunkWriter, WriterSettings
+from pipes_bus._wire.schema import Closed, Custom
+from pipes_bus.transports import Capabilities, Transport
 
 __all__ = ["TransportConformance"]
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import PermanentStoreError, TransientStoreError
-from ..transports import Transport
+from pipes_bus._errors import PermanentStoreError, TransientStoreError
+from pipes_bus.transports import Transport
 
 __all__ = ["FaultPlan", "FaultyTransport"]
 

@@ -18,8 +18,13 @@ import stat
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from .._errors import ConfigurationError, ObjectTooLargeError, UnreadableObjectError, store_errors
-from ._base import Capabilities, Transport
+from pipes_bus._errors import (
+    ConfigurationError,
+    ObjectTooLargeError,
+    UnreadableObjectError,
+    store_errors,
+)
+from pipes_bus.transports._base import Capabilities, Transport
 
 __all__ = ["FileTransport", "read_regular_file"]
 

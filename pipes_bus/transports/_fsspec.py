@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ClassVar
 
-from .._errors import ObjectTooLargeError, store_errors
-from ._base import Capabilities, Transport
+from pipes_bus._errors import ObjectTooLargeError, store_errors
+from pipes_bus.transports._base import Capabilities, Transport
 
 __all__ = ["FsspecTransport"]
 

@@ -6,8 +6,8 @@ import bisect
 import threading
 from typing import Any, ClassVar
 
-from .._errors import ObjectTooLargeError
-from ._base import Capabilities, Transport
+from pipes_bus._errors import ObjectTooLargeError
+from pipes_bus.transports._base import Capabilities, Transport
 
 __all__ = ["MemoryTransport"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from importlib.metadata import entry_points
 from typing import Any
 
-from .._errors import ConfigurationError, PipesBusWarning, UnknownSchemeError
-from ._base import Transport
+from pipes_bus._errors import ConfigurationError, PipesBusWarning, UnknownSchemeError
+from pipes_bus.transports._base import Transport
 
 __all__ = ["ENTRY_POINT_GROUP", "open_transport", "register_transport", "transport_class"]
 
@@ -22,6 +21,7 @@ _BUILTIN: dict[str, str] = {
     "local": _FILE,
     "": _FILE,
 }
+_DIRECTORY = frozenset({"", "file", "local"})
 _FSSPEC = "pipes_bus.transports._fsspec:FsspecTransport"
 # Schemes that have a dedicated plugin distribution, and its name.
 PLUGINS: dict[str, str] = {
@@ -79,6 +79,14 @@ def _load(target: type[Transport] | str) -> type[Transport]:
     return target
 
 
+def entry_points(*, group: str) -> list[Any]:
+    """The installed entry points of ``group`` (importlib.metadata loads only when asked:
+    a worker on a directory bus never needs it)."""
+    from importlib.metadata import entry_points as installed
+
+    return list(installed(group=group))
+
+
 def _plugin(scheme: str) -> type[Transport] | None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name.lower() == scheme:
@@ -96,7 +104,10 @@ def transport_class(url: str) -> type[Transport]:
     scheme = scheme_of(url)
     if scheme in _registered:
         return _load(_registered[scheme])
-    plugin = _plugin(scheme) if scheme else None
+    if scheme in _DIRECTORY:
+        # The embedded default: no plugin scan (a worker on a directory bus stays light).
+        return _load(_FILE)
+    plugin = _plugin(scheme)
     if plugin is not None:
         return plugin
     if scheme in _BUILTIN:

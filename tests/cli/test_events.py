@@ -10,8 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipes_bus import Custom, Event, Log, StreamFault, UnknownMessage
 from pipes_bus.cli._events import EventSink
+from pipes_bus.messages import Custom, Log, UnknownMessage
+from pipes_bus.orchestrator import Event, StreamFault
 
 # Text that is awkward for a line-oriented, %-formatted encoder: newlines, braces, percent
 # signs, quotes, backslashes and non-ASCII characters.
@@ -24,9 +25,7 @@ json_values = st.recursive(
 messages = st.one_of(
     st.builds(Custom, time=st.just(1.5), payload=json_values),
     st.builds(Log, time=st.just(2.0), message=awkward),
-    st.builds(
-        UnknownMessage, kind=st.just("future"), data=st.dictionaries(awkward, json_values)
-    ),
+    st.builds(UnknownMessage, kind=st.just("future"), data=st.dictionaries(awkward, json_values)),
 )
 
 

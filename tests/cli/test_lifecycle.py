@@ -304,9 +304,7 @@ class TestDagsterOnlySessions:
 
 
 class TestSignedSessions:
-    def test_forged_dagster_messages_in_a_signed_session_are_refused(
-        self, tmp_path: Path
-    ) -> None:
+    def test_forged_dagster_messages_in_a_signed_session_are_refused(self, tmp_path: Path) -> None:
         """Anyone who can write {session}/dagster/ without the key gets nothing delivered in
         a signed session: each forged line is an unauthenticated fault, and run exits 5."""
         script = worker(
@@ -325,8 +323,17 @@ class TestSignedSessions:
             "with pipes_bus.open_worker() as w: w.report_custom_message('signed')\n",
         )
         out = tmp_path / "e.jsonl"
-        proc = pipes_bus("run", "--sign", "--bus", str(tmp_path / "bus"), "--events", str(out),
-                         "--", sys.executable, script)
+        proc = pipes_bus(
+            "run",
+            "--sign",
+            "--bus",
+            str(tmp_path / "bus"),
+            "--events",
+            str(out),
+            "--",
+            sys.executable,
+            script,
+        )
         assert proc.returncode == 5, proc.stderr
         assert "materialized forged" not in proc.stderr
         lines = events(out)

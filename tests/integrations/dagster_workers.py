@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipes_bus._dagster import DagsterPipesSource, ensure_dagster_source
+from pipes_bus.integrations.dagster._interop import DagsterPipesSource, ensure_dagster_source
 from pipes_bus.orchestrator import Session, SessionResult
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipes_bus import (
+from pipes_bus.messages import (
     Check,
     Closed,
     FloatValue,

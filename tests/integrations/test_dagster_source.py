@@ -17,35 +17,9 @@ from typing import Any
 
 import pytest
 
-from pipes_bus import (
-    BoolValue,
-    Check,
-    Closed,
-    Context,
-    Custom,
-    Event,
-    ExceptionInfo,
-    FloatValue,
-    IntValue,
-    JsonValue,
-    Log,
-    MarkdownValue,
-    Materialization,
-    Opened,
-    Output,
-    PartitionKeyRange,
-    PartitionTimeWindow,
-    PathValue,
-    Progress,
-    StreamFault,
-    TableColumn,
-    TableValue,
-    TextValue,
-    TimestampValue,
-    UnknownMessage,
-    UrlValue,
-)
-from pipes_bus._dagster import (
+from pipes_bus import Context, PartitionKeyRange, PartitionTimeWindow
+from pipes_bus._log.items import SessionCursor, StreamCursor
+from pipes_bus.integrations.dagster._interop import (
     BLOB_WRITER,
     CONTEXT_ENV,
     FILE_WRITER,
@@ -60,7 +34,30 @@ from pipes_bus._dagster import (
     message_to_dagster,
     metadata_from_dagster,
 )
-from pipes_bus._reader import SessionCursor, StreamCursor
+from pipes_bus.messages import (
+    BoolValue,
+    Check,
+    Closed,
+    Custom,
+    ExceptionInfo,
+    FloatValue,
+    IntValue,
+    JsonValue,
+    Log,
+    MarkdownValue,
+    Materialization,
+    Opened,
+    Output,
+    PathValue,
+    Progress,
+    TableColumn,
+    TableValue,
+    TextValue,
+    TimestampValue,
+    UnknownMessage,
+    UrlValue,
+)
+from pipes_bus.orchestrator import Event, StreamFault
 from pipes_bus.transports import open_transport
 from pipes_bus.transports._memory import MemoryTransport
 
@@ -418,9 +415,7 @@ class TestHostileFile:
 class TestSignedSessions:
     """Dagster Pipes messages carry no signature: a signed session never trusts them."""
 
-    def test_an_untrusted_source_injects_nothing_and_delivers_nothing(
-        self, tmp_path: Path
-    ) -> None:
+    def test_an_untrusted_source_injects_nothing_and_delivers_nothing(self, tmp_path: Path) -> None:
         """Every line found is an unauthenticated fault; no writer is counted as open."""
         transport = open_transport(str(tmp_path / "bus"))
         source = dagster_source(transport, "s-x", trusted=False)

@@ -28,14 +28,9 @@ from pipes_bus_azure import AzureBlobTransport, classify
 from pipes_bus_azure._errors import translate
 from pipes_bus_azure._transport import _cli_account, _start_from_refused
 
-from pipes_bus import (
-    ObjectTooLargeError,
-    PermanentStoreError,
-    TransientStoreError,
-    open_transport,
-)
+from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
-from pipes_bus.transports import ENTRY_POINT_GROUP
+from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
 from tests.servers import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -128,8 +123,8 @@ class TestRegistration:
             assert transport.put_if_absent("from-parent", b"hello")
         script = textwrap.dedent(
             f"""
-            import pipes_bus
-            t = pipes_bus.open_transport({azure_url!r})
+            import pipes_bus.transports
+            t = pipes_bus.transports.open_transport({azure_url!r})
             assert type(t).__name__ == "AzureBlobTransport", type(t)
             assert t.get("from-parent") == b"hello"
             assert t.put_if_absent("from-child", b"hi")

@@ -14,18 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipes_bus import (
-    ChunkWriter,
-    Custom,
-    Event,
-    Log,
-    SessionReader,
-    StreamFault,
-    UnreadableObjectError,
-    WriterSettings,
-)
-from pipes_bus._chunk import build_chunk
-from pipes_bus._keys import chunk_key
+from pipes_bus import UnreadableObjectError
+from pipes_bus._wire.chunk import build_chunk
+from pipes_bus._wire.keys import chunk_key
+from pipes_bus.log import ChunkWriter, SessionReader, WriterSettings
+from pipes_bus.messages import Custom, Log
+from pipes_bus.orchestrator import Event, StreamFault
 from pipes_bus.transports._file import FileTransport
 
 SESSION = "s"
@@ -178,7 +172,7 @@ class TestHostileObjects:
             if not drop:
                 os.chmod(chunk_path(root, "w", 0), 0o000)
             script = (
-                "from pipes_bus import SessionReader, StreamFault, Event\n"
+                "from pipes_bus.log import SessionReader\nfrom pipes_bus.orchestrator import StreamFault, Event\n"
                 "from pipes_bus.transports._file import FileTransport\n"
                 + drop
                 + f"items = SessionReader(FileTransport({str(root)!r}), 's', "

@@ -22,14 +22,9 @@ from google.auth.exceptions import DefaultCredentialsError, RefreshError
 from pipes_bus_gcs import GCSTransport, classify
 from pipes_bus_gcs._errors import translate
 
-from pipes_bus import (
-    ObjectTooLargeError,
-    PermanentStoreError,
-    TransientStoreError,
-    open_transport,
-)
+from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
-from pipes_bus.transports import ENTRY_POINT_GROUP
+from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
 from tests.servers import RecordingProxy, Server
 
 # gcsfs hands aiohttp an upload body as bytes, and aiohttp warns about bodies over 1 MiB
@@ -100,8 +95,8 @@ class TestRegistration:
             assert transport.put_if_absent("from-parent", b"hello")
         script = textwrap.dedent(
             f"""
-            import pipes_bus
-            t = pipes_bus.open_transport({gcs_url!r})
+            import pipes_bus.transports
+            t = pipes_bus.transports.open_transport({gcs_url!r})
             assert type(t).__name__ == "GCSTransport", type(t)
             assert t.get("from-parent") == b"hello"
             assert t.put_if_absent("from-child", b"hi")

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from pipes_bus import (
-    ConfigurationError,
-    PipesBusWarning,
+from pipes_bus import ConfigurationError, PipesBusWarning, UnknownSchemeError
+from pipes_bus.transports import (
+    ENTRY_POINT_GROUP,
     Transport,
-    UnknownSchemeError,
+    _registry,
     open_transport,
     register_transport,
+    transport_class,
 )
-from pipes_bus.transports import ENTRY_POINT_GROUP, _registry, transport_class
 from pipes_bus.transports._file import FileTransport
 from pipes_bus.transports._fsspec import FsspecTransport
 from pipes_bus.transports._memory import MemoryTransport

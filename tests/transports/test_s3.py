@@ -19,14 +19,9 @@ from pipes_bus_s3 import S3Transport, classify
 from pipes_bus_s3._errors import translate
 from s3fs.errors import translate_boto_error
 
-from pipes_bus import (
-    ObjectTooLargeError,
-    PermanentStoreError,
-    TransientStoreError,
-    open_transport,
-)
+from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
-from pipes_bus.transports import ENTRY_POINT_GROUP
+from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
 from tests.servers import Recorded, RecordingProxy, Reply, Server, free_port
 
 _CONFLICT = (
@@ -106,8 +101,8 @@ class TestRegistration:
             assert transport.put_if_absent("from-parent", b"hello")
         script = textwrap.dedent(
             f"""
-            import pipes_bus
-            t = pipes_bus.open_transport({s3_url!r})
+            import pipes_bus.transports
+            t = pipes_bus.transports.open_transport({s3_url!r})
             assert type(t).__name__ == "S3Transport", type(t)
             assert t.get("from-parent") == b"hello"
             assert t.put_if_absent("from-child", b"hi")

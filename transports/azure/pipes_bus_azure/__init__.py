@@ -2,7 +2,7 @@
 
 Installing this distribution registers :class:`AzureBlobTransport` in the
 ``pipes_bus.transports`` entry-point group, so
-``pipes_bus.open_transport("az://container/prefix")`` uses it.
+``pipes_bus.transports.open_transport("az://container/prefix")`` uses it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """pipes_bus transport for Google Cloud Storage: ``gs://`` and ``gcs://`` buses.
 
 Installing this distribution registers :class:`GCSTransport` in the ``pipes_bus.transports``
-entry-point group, so ``pipes_bus.open_transport("gs://bucket/prefix")`` uses it.
+entry-point group, so ``pipes_bus.transports.open_transport("gs://bucket/prefix")`` uses it.
 """
 
 from __future__ import annotations

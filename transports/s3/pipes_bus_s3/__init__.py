@@ -1,7 +1,7 @@
 """pipes_bus transport for Amazon S3 and S3-compatible stores: ``s3://`` and ``s3a://`` buses.
 
 Installing this distribution registers :class:`S3Transport` in the ``pipes_bus.transports``
-entry-point group, so ``pipes_bus.open_transport("s3://bucket/prefix")`` uses it.
+entry-point group, so ``pipes_bus.transports.open_transport("s3://bucket/prefix")`` uses it.
 """
 
 from __future__ import annotations

@@ -11,13 +11,8 @@ from typing import Any, ClassVar
 import fsspec
 from fsspec.asyn import sync
 
-from pipes_bus import (
-    Capabilities,
-    ConfigurationError,
-    ObjectTooLargeError,
-    StoreError,
-    Transport,
-)
+from pipes_bus import ConfigurationError, ObjectTooLargeError, StoreError
+from pipes_bus.transports import Capabilities, Transport
 
 from ._errors import classify, translate
 

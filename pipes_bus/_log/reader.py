@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import functools
-import itertools
-import operator
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Union
+from typing import Any
 
-import msgspec
-
-from . import _keys
-from ._chunk import BadMessage, ChunkProblem, parse_chunk, parse_header
-from ._errors import (
+from pipes_bus._errors import (
     ConfigurationError,
     TransientStoreError,
     UnreadableObjectError,
 )
-from ._retry import PollSchedule
-from ._schema import Closed, Custom, ExceptionInfo, Message, Opened, UnknownMessage
-from .transports import Transport
+from pipes_bus._log.items import (
+    Event,
+    Item,
+    SessionCursor,
+    StreamCursor,
+    StreamFault,
+)
+from pipes_bus._log.schedule import Schedule
+from pipes_bus._wire import keys as _keys
+from pipes_bus._wire.chunk import BadMessage, ChunkProblem, parse_chunk, parse_header
+from pipes_bus._wire.schema import Closed, Opened
+from pipes_bus.transports import Transport
 
-__all__ = [
-    "Event",
-    "SessionCursor",
-    "SessionReader",
-    "StreamCursor",
-    "StreamFault",
-    "WriterSummary",
-]
+__all__ = ["SessionReader"]
 
 MiB = 1024 * 1024
 # Clock comparisons allow for float rounding: a sleep of exactly (due - now) must be enough.
@@ -39,70 +35,6 @@ _EPSILON = 1e-6
 # back): on a slow store, a writer publishing a chunk per round trip would otherwise keep the
 # pass going, and hold every event, until it stopped. Fast stores never reach it.
 _DRAIN_BUDGET = 0.1
-
-
-class Event(msgspec.Struct, frozen=True, gc=False):
-    """One delivered message: who wrote it, its index in that writer's stream, and the chunk."""
-
-    writer: str
-    seq: int
-    chunk: int
-    message: Message | UnknownMessage
-    unknown_fields: dict[str, Any] | None = None
-
-
-class StreamFault(msgspec.Struct, frozen=True):
-    """Something in a stream that could not be delivered, and why.
-
-    ``reason`` is one of: corrupt, truncated, foreign, gap, too_large, newer_protocol,
-    unauthenticated. ``lost`` is the (first, last) message indices known to be lost.
-    """
-
-    writer: str
-    key: str
-    reason: str
-    detail: str
-    lost: tuple[int, int] | None = None
-
-    def __str__(self) -> str:
-        return f"{self.reason} at {self.key}: {self.detail}"
-
-
-Item = Union[Event, StreamFault]  # noqa: UP007
-
-
-class StreamCursor(msgspec.Struct):
-    """Where to resume one stream: the chunk holding ``seq``, the next undelivered index."""
-
-    chunk: int = 0
-    seq: int = 0
-    closed: bool = False
-
-
-_message = operator.attrgetter("message")
-
-
-def split_custom(batch: list[Event | StreamFault]) -> tuple[list[Event], list[Event | StreamFault]]:
-    """The custom-message events of ``batch``, and everything else, each in order.
-
-    A burst is millions of custom messages: this runs in C, not once per item in Python.
-    """
-    if StreamFault in set(map(type, batch)):
-        customs: list[Event] = []
-        others: list[Event | StreamFault] = []
-        for item in batch:
-            if type(item) is Event and type(item.message) is Custom:
-                customs.append(item)
-            else:
-                others.append(item)
-        return customs, others
-    events: list[Event] = batch  # type: ignore[assignment]  # no fault: all Events
-    kinds = list(map(type, map(_message, events)))
-    customs = list(itertools.compress(events, map(operator.is_, kinds, itertools.repeat(Custom))))
-    if len(customs) == len(events):
-        return customs, []
-    rest = itertools.compress(events, map(operator.is_not, kinds, itertools.repeat(Custom)))
-    return customs, list(rest)
 
 
 class _Fetch:
@@ -144,54 +76,6 @@ def _is_final(data: bytes) -> bool:
         return parse_header(data)[0].final
     except ChunkProblem:
         return False
-
-
-class WriterSummary(msgspec.Struct, omit_defaults=True):
-    """What a follower knew of one writer when it saved its cursor."""
-
-    label: str | None = None
-    pid: int | None = None
-    host: str | None = None
-    opened: bool = False
-    closed: bool = False
-    exception: ExceptionInfo | None = None
-    messages: int = 0
-    last_seq: int | None = None
-    last_kind: str | None = None
-
-
-class SessionCursor(msgspec.Struct, omit_defaults=True):
-    """A resumable position in every stream of a session. Save it with :meth:`dumps`.
-
-    A session's cursor (:meth:`~pipes_bus.orchestrator.Session.checkpoint`) also carries what
-    its follower knew: each writer's state, the faults and the counts so far, so that one
-    that takes over ends with the status the first one would have.
-    """
-
-    session: str
-    streams: dict[str, StreamCursor] = {}
-    writers: dict[str, WriterSummary] = {}
-    faults: list[StreamFault] = []
-    counts: dict[str, int] = {}
-
-    def advance(self, event: Event) -> None:
-        """Mark ``event`` as consumed."""
-        cursor = self.streams.get(event.writer)
-        if cursor is None:
-            cursor = self.streams[event.writer] = StreamCursor()
-        cursor.chunk = event.chunk
-        cursor.seq = event.seq + 1
-        if type(event.message) is Closed:
-            cursor.closed = True
-
-    def dumps(self) -> bytes:
-        """The cursor as JSON."""
-        return msgspec.json.encode(self)
-
-    @classmethod
-    def loads(cls, data: bytes | str) -> SessionCursor:
-        """A cursor saved with :meth:`dumps`."""
-        return msgspec.json.decode(data, type=cls)
 
 
 class _Stream:
@@ -241,7 +125,7 @@ class SessionReader:
         max_chunk_bytes: int = 64 * MiB,
         discover_interval: float = 1.0,
         scan_interval: float = 30.0,
-        schedule: PollSchedule | None = None,
+        schedule: Schedule | None = None,
         idle_rate: float | None = None,
         expect_opened: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -252,7 +136,7 @@ class SessionReader:
         # Each stream is probed on its own adaptive schedule: fast while data flows,
         # backing off to `maximum` when idle, and further if needed so that an idle
         # session costs at most `idle_rate` requests per second, whatever the writers.
-        self.schedule = schedule or PollSchedule(caps.poll, 1.0)
+        self.schedule = schedule or Schedule(caps.poll, 1.0)
         self.idle_rate = caps.idle_rate if idle_rate is None else idle_rate
         self._rotation = 0
         self._phase = 0.0
@@ -457,7 +341,7 @@ class SessionReader:
         self,
         *,
         until: Callable[[], bool] | None = None,
-        schedule: PollSchedule | None = None,
+        schedule: Schedule | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Iterator[Item]:
         """Poll adaptively and yield items as they arrive.

@@ -18,22 +18,23 @@ from dagster import PipesContextInjector, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesContextData, PipesParams
 
-from .. import _keys
-from .._context import KEY_ENV, SESSION_ENV, Context
-from .._dagster import (
+from pipes_bus._log.items import Event, StreamFault
+from pipes_bus._orchestrator.session import ContextInjector, Injection, Session, SessionResult
+from pipes_bus._redact import public_options
+from pipes_bus._wire import keys as _keys
+from pipes_bus._wire.bootstrap import KEY_ENV, SESSION_ENV, Context
+from pipes_bus._wire.schema import Closed, ExceptionInfo, Opened
+from pipes_bus.integrations.dagster._interop import (
+    CONTEXT_PARAMS_KEY,
     INLINE_CONTEXT_LIMIT,
+    PARAMS_KEY,
     encode_param,
     ensure_dagster_source,
     exception_to_dagster,
     message_to_dagster,
 )
-from .._reader import Event, StreamFault
-from .._redact import public_options
-from .._schema import Closed, ExceptionInfo, Opened
-from .._session import ContextInjector, Injection, Session, SessionResult
-from ..transports import Transport, open_transport
-from ..transports._file import FileTransport
-from .dagster import CONTEXT_PARAMS_KEY, PARAMS_KEY
+from pipes_bus.transports import Transport, open_transport
+from pipes_bus.transports._file import FileTransport
 
 if TYPE_CHECKING:
     from dagster import PipesMessageHandler
@@ -281,7 +282,7 @@ class PipesBusContextInjector(PipesContextInjector):
             self._where = "inline"
             yield {"data": context_data}
             return
-        from .._session import default_bus_url
+        from pipes_bus._orchestrator.session import default_bus_url
 
         bus = self.bus or default_bus_url()
         transport = open_transport(bus, **self.storage_options)

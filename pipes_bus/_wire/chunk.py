@@ -20,12 +20,8 @@ the body. Readers need nothing but the chunk to check it, so a chunk explains it
 wherever it is found.
 """
 
-from __future__ import annotations
-
-import bz2
 import hashlib
 import hmac
-import lzma
 import re
 import zlib
 from collections.abc import Callable
@@ -33,8 +29,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._limits import MAX_NESTING, json_too_deep, value_too_deep
-from ._schema import (
+from pipes_bus._wire.limits import MAX_NESTING, json_too_deep, value_too_deep
+from pipes_bus._wire.schema import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     PROTOCOL_VERSION,
@@ -97,11 +93,23 @@ def _gzip(data: bytes | bytearray) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
+def _bz2(data: bytes | bytearray) -> bytes:
+    import bz2  # loaded when used: most streams are never compressed this way
+
+    return bz2.compress(data, 9)
+
+
+def _lzma(data: bytes | bytearray) -> bytes:
+    import lzma
+
+    return lzma.compress(data)
+
+
 _COMPRESSORS: dict[str, Callable[[bytes | bytearray], bytes]] = {
     "gzip": _gzip,
     "zlib": lambda data: zlib.compress(data, 6),
-    "bz2": lambda data: bz2.compress(data, 9),
-    "lzma": lambda data: lzma.compress(data),
+    "bz2": _bz2,
+    "lzma": _lzma,
 }
 
 
@@ -111,12 +119,21 @@ def _decompress(data: bytes, codec: str, limit: int) -> bytes:
     if codec in ("gzip", "zlib"):
         decoder = zlib.decompressobj(wbits=31 if codec == "gzip" else 15)
     elif codec == "bz2":
+        import bz2
+
         decoder = bz2.BZ2Decompressor()
     elif codec == "lzma":
+        import lzma
+
         decoder = lzma.LZMADecompressor()
     else:
         raise ValueError(f"unknown compression {codec!r}")
-    out = decoder.decompress(data, limit + 1)
+    try:
+        out = decoder.decompress(data, limit + 1)
+    except (ValueError, OSError, EOFError):
+        raise
+    except Exception as exc:  # lzma.LZMAError, and whatever a codec raises on bad data
+        raise ValueError(str(exc)) from exc
     if len(out) > limit:
         raise ValueError(f"decompressed body is over the {limit}-byte limit")
     if not decoder.eof:
@@ -318,7 +335,7 @@ def parse_chunk(
             )
         try:
             body = _decompress(body, header.compression, max_body_bytes)
-        except (ValueError, OSError, EOFError, lzma.LZMAError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise ChunkProblem(
                 "corrupt", f"the body cannot be decompressed: {exc}", header
             ) from None

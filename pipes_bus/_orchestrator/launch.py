@@ -7,10 +7,10 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._process import LocalProcess, StopPolicy
-from ._reader import Event, StreamFault
-from ._session import Session, SessionResult, open_session
+from pipes_bus._errors import ConfigurationError
+from pipes_bus._log.items import Event, StreamFault
+from pipes_bus._orchestrator.process import LocalProcess, StopPolicy
+from pipes_bus._orchestrator.session import Session, SessionResult, open_session
 
 __all__ = ["run_subprocess"]
 

@@ -44,11 +44,12 @@ from typing import Any
 
 import msgspec
 
-from ._context import Context
-from ._errors import ConfigurationError, ObjectTooLargeError, StoreError
-from ._limits import MAX_NESTING, MiB, json_too_deep
-from ._reader import Event, SessionCursor, StreamFault
-from ._schema import (
+from pipes_bus._errors import ConfigurationError, ObjectTooLargeError, StoreError
+from pipes_bus._log.items import Event, SessionCursor, StreamFault
+from pipes_bus._orchestrator.session import MessageSource, Session
+from pipes_bus._wire.bootstrap import Context
+from pipes_bus._wire.limits import MAX_NESTING, MiB, json_too_deep
+from pipes_bus._wire.schema import (
     BoolValue,
     Check,
     Closed,
@@ -75,8 +76,7 @@ from ._schema import (
     WriterInfo,
     metadata_value,
 )
-from ._session import MessageSource, Session
-from .transports import Transport
+from pipes_bus.transports import Transport
 
 __all__ = [
     "CONTEXT_ENV",
@@ -96,6 +96,10 @@ __all__ = [
     "metadata_from_dagster",
 ]
 
+# The key of DAGSTER_PIPES_MESSAGES that carries the pipes_bus session bootstrap.
+PARAMS_KEY = "pipes_bus"
+# The key of DAGSTER_PIPES_CONTEXT that points at a context object on the bus.
+CONTEXT_PARAMS_KEY = "pipes_bus_context"
 CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
 MESSAGES_ENV = "DAGSTER_PIPES_MESSAGES"
 VERSION_FIELD = "__dagster_pipes_version"
@@ -785,7 +789,7 @@ def _blob_location(url: str) -> tuple[str, str] | None:
 
 
 def _local_root(transport: Transport) -> str | None:
-    from .transports._file import FileTransport
+    from pipes_bus.transports._file import FileTransport
 
     return transport.root if isinstance(transport, FileTransport) else None
 

@@ -12,8 +12,6 @@ A reader accepts every chunk of its own major version; a newer minor only adds k
 fields. A newer major version is reported, not guessed at.
 """
 
-from __future__ import annotations
-
 import datetime as _dt
 import math
 import os
@@ -161,7 +159,7 @@ def metadata_value(value: Any) -> MetadataValue:
         return IntValue(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            from ._errors import EncodeError
+            from pipes_bus._errors import EncodeError
 
             raise EncodeError(
                 f"Metadata value {value!r} is not finite; JSON cannot carry it. "
@@ -178,7 +176,7 @@ def metadata_value(value: Any) -> MetadataValue:
         return PathValue(os.fspath(value))
     if value is None or isinstance(value, dict | list | tuple):
         return JsonValue(value)
-    from ._errors import EncodeError
+    from pipes_bus._errors import EncodeError
 
     raise EncodeError(
         f"Cannot use {type(value).__name__} as a metadata value. Use a str, int, float, "
@@ -275,17 +273,17 @@ class ExceptionInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     type: str
     message: str
     stack: list[str] = []
-    cause: ExceptionInfo | None = None
-    context: ExceptionInfo | None = None
+    cause: "ExceptionInfo | None" = None
+    context: "ExceptionInfo | None" = None
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ExceptionInfo:
+    def from_exception(cls, exc: BaseException) -> "ExceptionInfo":
         """Capture an exception, its traceback and its cause chain, within the bounds of
         :meth:`bounded`."""
         return cls._capture(exc, 0).bounded()
 
     @classmethod
-    def _capture(cls, exc: BaseException, depth: int) -> ExceptionInfo:
+    def _capture(cls, exc: BaseException, depth: int) -> "ExceptionInfo":
         import traceback
 
         cause = context = None
@@ -309,7 +307,7 @@ class ExceptionInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
             context=context,
         )
 
-    def bounded(self, _depth: int = 0) -> ExceptionInfo:
+    def bounded(self, _depth: int = 0) -> "ExceptionInfo":
         """This exception within the size a ``closed`` message may carry.
 
         The message keeps its first 16 KiB characters, the stack its first 10 and last 40

@@ -7,20 +7,16 @@ session, or in the command-line arguments. Credentials are never part of it: the
 takes them from its own environment, the way fsspec and the cloud SDKs do.
 """
 
-from __future__ import annotations
-
 import base64
-import hashlib
 import os
-import sys
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from ._errors import ConfigurationError, NotInSessionError
-from ._schema import PROTOCOL_VERSION
+from pipes_bus._errors import ConfigurationError, NotInSessionError
+from pipes_bus._wire.schema import PROTOCOL_VERSION
 
 __all__ = [
     "ARGV_FLAG",
@@ -34,10 +30,8 @@ __all__ = [
     "SessionParams",
     "decode_params",
     "encode_params",
-    "load_context",
     "make_context",
     "parse_key",
-    "register_context_loader",
 ]
 
 SESSION_ENV = "PIPES_BUS_SESSION"
@@ -189,83 +183,3 @@ def encode_context(context: Context) -> str:
 def decode_context(text: str, what: str) -> Context:
     """A context from its compact form."""
     return _unpack(text, Context, what)  # type: ignore[no-any-return]
-
-
-# --- loaders (worker side); each injector on the orchestrator side has one here ----------
-
-Loader = Callable[[Mapping[str, Any], Mapping[str, str], Sequence[str], Any], Context]
-
-
-def _from_env(
-    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any
-) -> Context:
-    name = source.get("env", CONTEXT_ENV)
-    text = env.get(name)
-    if text is None:
-        raise ConfigurationError(f"The session put the context in {name}, but it is not set.")
-    return decode_context(text, name)
-
-
-def _from_argv(
-    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], _: Any
-) -> Context:
-    flag = source.get("flag", ARGV_FLAG)
-    for i, arg in enumerate(argv):
-        if arg.startswith(flag + "="):
-            return decode_context(arg[len(flag) + 1 :], flag)
-        if arg == flag and i + 1 < len(argv):
-            return decode_context(argv[i + 1], flag)
-    raise ConfigurationError(
-        f"The session put the context in the {flag} argument, but it is missing."
-    )
-
-
-def _from_object(
-    source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], transport: Any
-) -> Context:
-    key = source["key"]
-    data = transport.get(key, max_size=source.get("max_size", 64 * 1024 * 1024))
-    if data is None:
-        raise ConfigurationError(f"The context object {transport.describe(key)} does not exist.")
-    expected = source.get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ConfigurationError(
-            f"The context object {transport.describe(key)} is not the one the orchestrator "
-            "wrote (its SHA-256 differs); refusing to use it. Someone else can write to this bus."
-        )
-    try:
-        return msgspec.json.decode(data, type=Context)
-    except msgspec.DecodeError as exc:
-        raise ConfigurationError(
-            f"The context object {transport.describe(key)} is invalid: {exc}"
-        ) from exc
-
-
-_LOADERS: dict[str, Loader] = {"env": _from_env, "argv": _from_argv, "object": _from_object}
-
-
-def register_context_loader(via: str, loader: Loader) -> None:
-    """Teach workers a new way to find their context (pair it with an injector)."""
-    _LOADERS[via] = loader
-
-
-def load_context(
-    params: SessionParams,
-    transport: Any,
-    env: Mapping[str, str] | None = None,
-    argv: Sequence[str] | None = None,
-) -> Context:
-    """The context the session's injector left for this worker."""
-    source = params.context
-    if not source:
-        return Context()
-    via = source.get("via", "")
-    loader = _LOADERS.get(via)
-    if loader is None:
-        raise ConfigurationError(
-            f"The session injected its context via {via!r}, which this worker cannot load. "
-            f"Known: {', '.join(sorted(_LOADERS))}."
-        )
-    return loader(
-        source, os.environ if env is None else env, sys.argv if argv is None else argv, transport
-    )

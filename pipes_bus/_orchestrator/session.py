@@ -17,8 +17,13 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from . import _keys
-from ._context import (
+from pipes_bus._errors import ConfigurationError
+from pipes_bus._log.items import Event, SessionCursor, StreamFault, WriterSummary, split_custom
+from pipes_bus._log.reader import SessionReader
+from pipes_bus._log.schedule import Schedule
+from pipes_bus._redact import public_options
+from pipes_bus._wire import keys as _keys
+from pipes_bus._wire.bootstrap import (
     ARGV_FLAG,
     CONTEXT_ENV,
     KEY_ENV,
@@ -29,18 +34,7 @@ from ._context import (
     encode_params,
     make_context,
 )
-from ._errors import ConfigurationError
-from ._reader import (
-    Event,
-    SessionCursor,
-    SessionReader,
-    StreamFault,
-    WriterSummary,
-    split_custom,
-)
-from ._redact import public_options
-from ._retry import PollSchedule
-from ._schema import (
+from pipes_bus._wire.schema import (
     PROTOCOL_VERSION,
     Check,
     Closed,
@@ -52,7 +46,7 @@ from ._schema import (
     Progress,
     UnknownMessage,
 )
-from .transports import Transport, open_transport
+from pipes_bus.transports import Transport, open_transport
 
 __all__ = [
     "ArgvContextInjector",
@@ -391,7 +385,7 @@ class Session:
         collect: bool = True,
         grace: float = 10.0,
         settle: float = DEFAULT_SETTLE,
-        poll: PollSchedule | None = None,
+        poll: Schedule | None = None,
         transport: Transport | None = None,
         sources: Sequence[MessageSource] = (),
         dagster: bool = True,
@@ -452,7 +446,7 @@ class Session:
         if dagster:
             # Unmodified Dagster Pipes workers report into the session too. (Imported here:
             # _dagster imports this module.)
-            from ._dagster import DagsterPipesSource, dagster_source
+            from pipes_bus.integrations.dagster._interop import DagsterPipesSource, dagster_source
 
             if not any(isinstance(s, DagsterPipesSource) for s in self.sources):
                 self.sources.insert(
@@ -477,7 +471,7 @@ class Session:
         cursor: SessionCursor | None,
         grace: float,
         collect: bool,
-        poll: PollSchedule | None,
+        poll: Schedule | None,
         sleep: Callable[[float], None],
         clock: Callable[[], float],
     ) -> None:
@@ -511,7 +505,7 @@ class Session:
         key: bytes | None = None,
         collect: bool = True,
         grace: float = 10.0,
-        poll: PollSchedule | None = None,
+        poll: Schedule | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> Session:
@@ -530,7 +524,7 @@ class Session:
         self.key = key
         self.env = {}
         self.args = []
-        from ._dagster import dagster_source
+        from pipes_bus.integrations.dagster._interop import dagster_source
 
         self.sources = [
             dagster_source(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -12,9 +13,7 @@ from typing import Any
 
 import msgspec
 
-from . import _keys
-from ._chunk import build_chunk
-from ._errors import (
+from pipes_bus._errors import (
     BufferFullError,
     ConfigurationError,
     DeliveryError,
@@ -27,10 +26,12 @@ from ._errors import (
     WriterClosedError,
     translate_store_error,
 )
-from ._limits import MAX_NESTING, MiB, json_too_deep, value_too_deep
-from ._retry import RetryPolicy
-from ._schema import Closed, ExceptionInfo, Message
-from .transports import Transport
+from pipes_bus._log.schedule import RetryPolicy
+from pipes_bus._wire import keys as _keys
+from pipes_bus._wire.chunk import build_chunk
+from pipes_bus._wire.limits import MAX_NESTING, MiB, json_too_deep, value_too_deep
+from pipes_bus._wire.schema import Closed, ExceptionInfo, Message
+from pipes_bus.transports import Transport
 
 __all__ = ["ChunkWriter", "WriterSettings"]
 
@@ -447,19 +448,23 @@ class ChunkWriter:
 
     def _put(self, key: str, data: bytes) -> bool:
         """Put-if-absent with retries: True if ``data`` is now at ``key``, False if another is."""
-        retrying = self.settings.retry.retrying(self._sleep)
+        try:
+            return self._put_once(key, data)
+        except TransientStoreError:
+            if self.settings.retry.attempts == 1:
+                raise
+            # Retried below, with the policy's backoff (tenacity loads only now).
+        policy = self.settings.retry
+        self._sleep(random.uniform(0, min(policy.initial, policy.maximum)))
+        retrying = policy.retrying(self._sleep, made=1)
         try:
             return self._put_retrying(retrying, key, data)
         except TransientStoreError as exc:
             stats = retrying.statistics
-            policy = self.settings.retry
-            limits = f"deadline {policy.deadline:g} s" + (
-                f", at most {policy.attempts} attempts" if policy.attempts is not None else ""
-            )
             raise TransientStoreError(
-                f"{exc} Gave up after {stats.get('attempt_number', 1)} attempts over "
+                f"{exc} Gave up after {stats.get('attempt_number', 1) + 1} attempts over "
                 f"{stats.get('delay_since_first_attempt', 0.0):.1f} s (the retry policy: "
-                f"{limits}).",
+                f"{self.settings.retry.describe()}).",
                 url=exc.url,
                 key=exc.key,
             ) from exc
@@ -467,27 +472,28 @@ class ChunkWriter:
     def _put_retrying(self, retrying: Any, key: str, data: bytes) -> bool:
         for attempt in retrying:
             with attempt:
-                try:
-                    if self.transport.put_if_absent(key, data):
-                        return True
-                    # Taken: by our own earlier attempt whose answer was lost, or by a stranger.
-                    existing = self.transport.get(key, max_size=len(data))
-                except UnreadableObjectError:
-                    return False  # too large or not an object at all: not ours
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    raise translate_store_error(
-                        exc, url=self.transport.url, key=key, op="write"
-                    ) from exc
-                if existing is None:
-                    raise TransientStoreError(
-                        f"{self.transport.describe(key)} was reported taken, then missing.",
-                        url=self.transport.url,
-                        key=key,
-                    )
-                return existing == data
+                return self._put_once(key, data)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put_once(self, key: str, data: bytes) -> bool:
+        try:
+            if self.transport.put_if_absent(key, data):
+                return True
+            # Taken: by our own earlier attempt whose answer was lost, or by a stranger.
+            existing = self.transport.get(key, max_size=len(data))
+        except UnreadableObjectError:
+            return False  # too large or not an object at all: not ours
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise translate_store_error(exc, url=self.transport.url, key=key, op="write") from exc
+        if existing is None:
+            raise TransientStoreError(
+                f"{self.transport.describe(key)} was reported taken, then missing.",
+                url=self.transport.url,
+                key=key,
+            )
+        return existing == data
 
 
 def _escaped(info: ExceptionInfo) -> ExceptionInfo:

@@ -1,25 +1,4 @@
-"""pipes_bus as the transport of Dagster Pipes.
-
-Orchestrator side (imports ``dagster``; loaded on first use of these names):
-
-- :class:`PipesBusMessageReader`: a Dagster ``PipesMessageReader`` that follows a pipes_bus
-  session on any store. Every worker process that opens pipes becomes its own writer stream;
-  the whole session reaches Dagster as one external process (one ``opened``, one ``closed``).
-  Nothing is dropped, a failed writer fails the step, and it also hears workers that keep
-  Dagster's default file writer.
-- :class:`PipesBusContextInjector`: the context inline when small, else as an object on the
-  bus (read back with :class:`PipesBusContextLoader`).
-
-Worker side (imports only ``dagster_pipes`` and ``pipes_bus``, never ``dagster``)::
-
-    from dagster_pipes import open_dagster_pipes
-    from pipes_bus.integrations.dagster import PipesBusContextLoader, PipesBusMessageWriter
-
-    with open_dagster_pipes(
-        message_writer=PipesBusMessageWriter(), context_loader=PipesBusContextLoader()
-    ) as pipes:
-        pipes.report_asset_materialization(metadata={"rows": 10})
-"""
+"""The worker side of pipes_bus as a Dagster Pipes transport (imports ``dagster_pipes``)."""
 
 from __future__ import annotations
 
@@ -28,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dagster_pipes import (
     DagsterPipesError,
@@ -40,42 +19,25 @@ from dagster_pipes import (
     PipesParams,
 )
 
-from .._context import KEY_ENV, SESSION_ENV
-from .._dagster import exception_from_dagster, message_from_dagster
-from .._schema import Log, UnknownMessage
-from .._worker import Worker, open_worker
-from .._writer import WriterSettings
-from ..transports import open_transport
-
-if TYPE_CHECKING:
-    from ._dagster_orchestrator import PipesBusContextInjector, PipesBusMessageReader
+from pipes_bus._log.writer import WriterSettings
+from pipes_bus._wire.bootstrap import KEY_ENV, SESSION_ENV
+from pipes_bus._wire.schema import Log, UnknownMessage
+from pipes_bus._worker.api import Worker, open_worker
+from pipes_bus.integrations.dagster._interop import (
+    CONTEXT_PARAMS_KEY,
+    PARAMS_KEY,
+    exception_from_dagster,
+    message_from_dagster,
+)
+from pipes_bus.transports import open_transport
 
 __all__ = [
     "CONTEXT_PARAMS_KEY",
     "PARAMS_KEY",
-    "PipesBusContextInjector",
     "PipesBusContextLoader",
-    "PipesBusMessageReader",
     "PipesBusMessageWriter",
     "PipesBusMessageWriterChannel",
 ]
-
-# The key of DAGSTER_PIPES_MESSAGES that carries the pipes_bus session bootstrap.
-PARAMS_KEY = "pipes_bus"
-# The key of DAGSTER_PIPES_CONTEXT that points at a context object on the bus.
-CONTEXT_PARAMS_KEY = "pipes_bus_context"
-
-_ORCHESTRATOR = frozenset({"PipesBusContextInjector", "PipesBusMessageReader"})
-
-
-def __getattr__(name: str) -> Any:
-    # The orchestrator side imports dagster (about a second, and a package workers often
-    # lack): load it only when asked for.
-    if name in _ORCHESTRATOR:
-        from . import _dagster_orchestrator
-
-        return getattr(_dagster_orchestrator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PipesBusMessageWriterChannel(PipesMessageWriterChannel):

@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 
-from ._errors import ConfigurationError
+from pipes_bus._errors import ConfigurationError
 
 __all__ = [
     "chunk_key",

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ._errors import ConfigurationError
+from pipes_bus._errors import ConfigurationError
 
 __all__ = ["LocalProcess", "StopPolicy"]
 
