@@ -6,7 +6,7 @@ and environment both the CLI and the worker need, and whether other processes se
 - ``memory`` and ``file``: this process's memory, a fresh local directory.
 - ``s3``: moto's S3 server; ``azure``: Azurite; ``gcs``: fake-gcs-server. Each server is
   started on a free loopback port the first time a store on it is opened (with
-  ``tests/servers.py``, the same code the transport tests use), gets one bucket, and is
+  ``pipes_bus.testing.servers``, the same code the transport tests use), gets one bucket, and is
   stopped when the benchmark process exits. Every store is a fresh prefix in that bucket.
   The server's settings are put in this process's environment (``AWS_ENDPOINT_URL_S3``,
   ``STORAGE_EMULATOR_HOST``, ``AZURE_STORAGE_CONNECTION_STRING``), where the CLI and the
@@ -92,11 +92,9 @@ def file_store() -> Iterator[Store]:
 
 
 def _servers_module() -> Any:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import tests.servers
+    from pipes_bus.testing import servers
 
-    return tests.servers
+    return servers
 
 
 @dataclass

@@ -55,7 +55,7 @@ def gcs_store() -> Iterator[BlobStore]:
     # gcsfs >= 2026.3 hangs on gRPC against an emulator unless this is set before import.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     gcsfs = pytest.importorskip("gcsfs")
-    from tests.servers import start_fake_gcs
+    from pipes_bus.testing.servers import start_fake_gcs
 
     server = start_fake_gcs()
     try:
@@ -75,7 +75,7 @@ def azure_store() -> Iterator[BlobStore]:
     """Azurite with a container; adlfs and azure-storage-blob both point at it."""
     pytest.importorskip("adlfs")
     blob = pytest.importorskip("azure.storage.blob")
-    from tests.servers import AzuriteMissing, azurite_connection_string, start_azurite
+    from pipes_bus.testing.servers import AzuriteMissing, azurite_connection_string, start_azurite
 
     try:
         server = start_azurite()

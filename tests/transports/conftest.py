@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import (
+from pipes_bus.testing.servers import (
     AzuriteMissing,
     Server,
     azurite_connection_string,

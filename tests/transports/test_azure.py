@@ -30,8 +30,7 @@ from pipes_bus_azure._transport import _cli_account, _start_from_refused
 
 from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
-from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
-from tests.servers import (
+from pipes_bus.testing.servers import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     Recorded,
@@ -40,6 +39,7 @@ from tests.servers import (
     Server,
     azurite_connection_string,
 )
+from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
 
 # The Azure SDK hands aiohttp a Put Blob body as bytes, and aiohttp warns about bodies over
 # 1 MiB (a ResourceWarning, silent outside tests). Objects that large are not chunks; the

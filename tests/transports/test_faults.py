@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipes_bus.testing.fault_proxy import FaultProxy, ProxyFaults
-from tests.servers import Server
+from pipes_bus.testing.servers import Server
 
 
 @pytest.fixture

