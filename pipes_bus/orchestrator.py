@@ -6,24 +6,23 @@ Workers never import this module (``import pipes_bus`` does not load it).
 from __future__ import annotations
 
 from pipes_bus._log.items import Event, SessionCursor, StreamCursor, StreamFault, WriterSummary
-from pipes_bus._orchestrator.launch import run_subprocess
-from pipes_bus._orchestrator.session import (
+from pipes_bus._orchestrator.aio import AsyncSession
+from pipes_bus._orchestrator.injectors import (
     ArgvContextInjector,
     AutoContextInjector,
     ContextInjector,
     EnvContextInjector,
     Injection,
-    MessageSource,
     ObjectContextInjector,
-    Session,
-    SessionResult,
-    WriterState,
-    default_bus_url,
-    open_session,
 )
+from pipes_bus._orchestrator.launch import run_subprocess
+from pipes_bus._orchestrator.result import SessionResult, WriterState
+from pipes_bus._orchestrator.session import Session, default_bus_url, open_session
+from pipes_bus._orchestrator.sources import MessageSource, SourceSession, register_source
 
 __all__ = [
     "ArgvContextInjector",
+    "AsyncSession",
     "AutoContextInjector",
     "ContextInjector",
     "EnvContextInjector",
@@ -34,12 +33,14 @@ __all__ = [
     "Session",
     "SessionCursor",
     "SessionResult",
+    "SourceSession",
     "StreamCursor",
     "StreamFault",
     "WriterState",
     "WriterSummary",
     "default_bus_url",
     "open_session",
+    "register_source",
     "run_subprocess",
 ]
 

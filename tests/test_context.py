@@ -75,7 +75,7 @@ class TestInjectors:
 
         noise = {f"k{i}": secrets.token_hex(64) for i in range(2000)}
         with pytest.raises(ConfigurationError, match="ObjectContextInjector"):
-            Session(str(tmp_path / "bus"), context={"extras": noise}, injector="env")
+            Session(str(tmp_path / "bus"), context={"extras": noise}, injector="env").open()
 
     def test_a_missing_context_variable_is_named(self, tmp_path: Path) -> None:
         """If the context variable was stripped from the environment, the error names it."""

@@ -23,7 +23,7 @@ class TestStdlibWorker:
         """The standard-library worker's stream is read exactly: no faults, every message typed,
         on a bus given as a path or a file:// URL, its label sanitised by the spec's rule."""
         session = Session(
-            f"{scheme}{tmp_path / 'bus'}", context={"asset_keys": ["orders"]}, dagster=False
+            f"{scheme}{tmp_path / 'bus'}", context={"asset_keys": ["orders"]}, sources=[]
         )
         proc = subprocess.run(
             [sys.executable, str(WORKER)],

@@ -152,17 +152,21 @@ class TestConfiguration:
             run_subprocess(["true"], bus=f"memory://x-{uuid.uuid4().hex}")
 
     def test_the_sessions_clock_drives_its_reader_and_sources(self, bus: str) -> None:
-        """A session's injected clock is the one its reader and its Dagster source use:
-        moving it makes their next poll due."""
+        """A session's injected clock is the one its reader and its (active) Dagster source
+        use: moving it makes their next poll due."""
         fake = FakeTime()
         session = _session(bus, fake)
         _writer(session, "w").flush()
+        [dagster] = session.sources
+        assert dagster.path is not None
+        with open(dagster.path, "ab") as f:
+            f.write(b'{"__dagster_pipes_version": "0.1", "method": "opened", "params": {}}\n')
         session._poll_all()
-        waits = [session.reader.wait_time(), *(s.wait_time() for s in session.sources)]
-        assert all(w > 0 for w in waits)
+        waits = [session.reader.wait_time(), dagster.wait_time()]
+        assert all(0 < w < 10 for w in waits)
         fake.now += max(waits)
         assert session.reader.wait_time() == 0
-        assert all(s.wait_time() == 0 for s in session.sources)
+        assert dagster.wait_time() == 0
 
 
 class TestResult:

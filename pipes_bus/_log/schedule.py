@@ -39,13 +39,25 @@ class Schedule:
     def __post_init__(self) -> None:
         self.current = self.minimum
 
-    def step(self, current: float, progressed: bool, ceiling: float | None = None) -> float:
-        """The wait after ``current``, given whether the last look found anything."""
+    def step(
+        self,
+        current: float,
+        progressed: bool,
+        *,
+        maximum: float | None = None,
+        ceiling: float | None = None,
+    ) -> float:
+        """The wait after ``current``, given whether the last look found anything.
+
+        ``maximum`` overrides the schedule's own for this caller; past it, the wait goes
+        straight to ``ceiling`` (if given and longer).
+        """
         if progressed or current <= 0:
             return self.minimum
+        top = self.maximum if maximum is None else maximum
         following = max(self.minimum, current * self.factor)
-        if following > self.maximum:
-            return max(self.maximum, ceiling) if ceiling is not None else self.maximum
+        if following > top:
+            return max(top, ceiling) if ceiling is not None else top
         return following
 
     def next(self, progressed: bool) -> float:

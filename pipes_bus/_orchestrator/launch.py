@@ -10,7 +10,8 @@ from typing import Any
 from pipes_bus._errors import ConfigurationError
 from pipes_bus._log.items import Event, StreamFault
 from pipes_bus._orchestrator.process import LocalProcess, StopPolicy
-from pipes_bus._orchestrator.session import Session, SessionResult, open_session
+from pipes_bus._orchestrator.result import SessionResult
+from pipes_bus._orchestrator.session import Session, open_session
 
 __all__ = ["run_subprocess"]
 

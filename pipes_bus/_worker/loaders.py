@@ -6,7 +6,6 @@ here, named by the ``via`` the injector records in the bootstrap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +15,7 @@ import msgspec
 
 from pipes_bus._errors import ConfigurationError
 from pipes_bus._wire.bootstrap import ARGV_FLAG, CONTEXT_ENV, Context, SessionParams, decode_context
+from pipes_bus._wire.objects import ObjectRef, get_object
 
 __all__ = ["load_context", "register_context_loader"]
 
@@ -49,21 +49,15 @@ def _from_argv(
 def _from_object(
     source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], transport: Any
 ) -> Context:
-    key = source["key"]
-    data = transport.get(key, max_size=source.get("max_size", 64 * 1024 * 1024))
-    if data is None:
-        raise ConfigurationError(f"The context object {transport.describe(key)} does not exist.")
-    expected = source.get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ConfigurationError(
-            f"The context object {transport.describe(key)} is not the one the orchestrator "
-            "wrote (its SHA-256 differs); refusing to use it. Someone else can write to this bus."
-        )
+    ref = ObjectRef(
+        source["key"], source.get("max_size", 64 * 1024 * 1024), source.get("sha256", "")
+    )
+    data = get_object(transport, ref, what="context object")
     try:
         return msgspec.json.decode(data, type=Context)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ConfigurationError(
-            f"The context object {transport.describe(key)} is invalid: {exc}"
+            f"The context object {transport.describe(ref.key)} is invalid: {exc}"
         ) from exc
 
 

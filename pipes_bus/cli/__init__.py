@@ -19,15 +19,9 @@ import msgspec
 from pipes_bus._errors import ConfigurationError, PipesBusError, StoreError
 from pipes_bus._log.items import SessionCursor
 from pipes_bus._log.schedule import Schedule
-from pipes_bus._orchestrator.session import (
-    BUS_ENV,
-    DEFAULT_SETTLE,
-    EXIT_INCOMPLETE,
-    EXIT_UNDELIVERABLE,
-    EXIT_WORKER_FAILED,
-    Session,
-    default_bus_url,
-)
+from pipes_bus._orchestrator.core import DEFAULT_SETTLE
+from pipes_bus._orchestrator.result import EXIT_INCOMPLETE, EXIT_UNDELIVERABLE, EXIT_WORKER_FAILED
+from pipes_bus._orchestrator.session import BUS_ENV, Session, default_bus_url
 from pipes_bus._redact import printable, redact
 from pipes_bus._version import __version__
 from pipes_bus._wire.bootstrap import KEY_ENV, make_context, parse_key
@@ -478,7 +472,7 @@ def _ls(args: argparse.Namespace) -> int:
     for name in transport.list(""):
         if not is_id(name):
             continue
-        writers = transport.list(streams_prefix(name))
+        writers = [w for w in transport.list(streams_prefix(name)) if is_id(w)]
         started = None
         parts = name.split("-")
         if len(parts) > 2 and parts[0] == "s":

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from pipes_bus._log.items import Event, StreamFault, split_custom
-from pipes_bus._orchestrator.session import SessionResult
+from pipes_bus._orchestrator.result import SessionResult
 from pipes_bus._redact import printable, redact
 from pipes_bus._wire.schema import (
     Check,

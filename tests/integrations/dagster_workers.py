@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipes_bus.integrations.dagster._interop import DagsterPipesSource, ensure_dagster_source
+from pipes_bus.integrations.dagster._source import DagsterPipesSource
 from pipes_bus.orchestrator import Session, SessionResult
 
 
@@ -36,15 +36,17 @@ def run_dagster_worker(
 ) -> tuple[SessionResult, DagsterPipesSource]:
     """Run ``body`` as an unmodified Dagster Pipes worker under a pipes_bus session.
 
-    The session gets the Dagster Pipes source (unless it already has one), the worker gets
-    ``session.env``, and the session is followed until the process exits and every writer
-    has closed. A worker still running after ``timeout`` seconds is killed and the test fails.
+    The session gets its default sources, the Dagster Pipes one among them (with
+    ``include_stdio``, the session captures output), the worker gets ``session.env``, and the
+    session is followed until the process exits and every writer has closed. A worker still
+    running after ``timeout`` seconds is killed and the test fails.
     """
     script = write_script(tmp_path, body)
-    session_options.setdefault("dagster", False)  # added below, with include_stdio
-    session = Session(bus or str(tmp_path / "bus"), grace=grace, **session_options)
+    session = Session(
+        bus or str(tmp_path / "bus"), grace=grace, capture_output=include_stdio, **session_options
+    )
     try:
-        source = ensure_dagster_source(session, include_stdio=include_stdio)
+        [source] = [s for s in session.open().sources if isinstance(s, DagsterPipesSource)]
         launch = {**os.environ, **(env or {}), **session.env}
         process = subprocess.Popen([sys.executable, str(script), *(args or [])], env=launch)
         deadline = time.monotonic() + timeout

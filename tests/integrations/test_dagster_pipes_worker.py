@@ -283,7 +283,7 @@ class TestBlobStoreWriter:
         assert payloads(result) == list(range(300))
         assert list(result.writers) == ["dagster-blob"]
         with open_transport(blob.bus, **blob.storage_options) as transport:
-            names = transport.list(f"{result.session}/dagster/messages")
+            names = transport.list(f"{result.session}/streams/_dagster/messages")
         assert names and all(n.endswith(".json") for n in names)
 
     @pytest.mark.slow
@@ -308,7 +308,7 @@ class TestBlobStoreWriter:
         # Dagster uploads a chunk about every 2 s at interval=1: every one on the store
         # was read, and nothing else.
         with open_transport("s3://pipes/bus", endpoint_url=s3_endpoint) as transport:
-            stored = transport.list(f"{result.session}/dagster/messages")
+            stored = transport.list(f"{result.session}/streams/_dagster/messages")
         read = {e.chunk for e in result.custom_messages}
         assert read == {int(name.removesuffix(".json")) for name in stored}
         assert len(read) > 1

@@ -19,15 +19,16 @@ import pytest
 
 from pipes_bus import Context, PartitionKeyRange, PartitionTimeWindow
 from pipes_bus._log.items import SessionCursor, StreamCursor
-from pipes_bus.integrations.dagster._interop import (
+from pipes_bus.integrations.dagster._source import (
     BLOB_WRITER,
-    CONTEXT_ENV,
     FILE_WRITER,
-    MESSAGES_ENV,
     DagsterPipesSource,
+)
+from pipes_bus.integrations.dagster._translate import (
+    CONTEXT_ENV,
+    MESSAGES_ENV,
     context_data,
     dagster_metadata,
-    dagster_source,
     exception_from_dagster,
     exception_to_dagster,
     message_from_dagster,
@@ -108,7 +109,7 @@ def customs(items: list[Event | StreamFault]) -> list[Any]:
 def local(tmp_path: Path) -> DagsterPipesSource:
     """A source on a local-directory bus, its variables already made."""
     transport = open_transport(str(tmp_path / "bus"))
-    source = dagster_source(transport, "s-test", context=Context(run_id="r1"))
+    source = DagsterPipesSource(transport, "s-test", context=Context(run_id="r1"))
     source.env()
     return source
 
@@ -142,7 +143,7 @@ class TestBootstrap:
             extras={"threshold": 0.5},
         )
         transport = open_transport(str(tmp_path / "bus"))
-        env = dagster_source(transport, "s-1", context=context).env()
+        env = DagsterPipesSource(transport, "s-1", context=context).env()
         assert decode(env[CONTEXT_ENV]) == {
             "data": {
                 "asset_keys": ["orders", "db/customers"],
@@ -186,14 +187,15 @@ class TestBootstrap:
         assert os.path.isdir(os.path.dirname(local.path))
 
     def test_a_blob_store_bus_adds_bucket_and_a_key_prefix_inside_the_session(self) -> None:
-        """On s3://bucket/root the blob writers get {bucket, key_prefix: root/session/dagster/messages}."""
+        """On s3://bucket/root the blob writers get {bucket, key_prefix:
+        root/session/streams/_dagster/messages}."""
         transport = MemoryTransport("memory://pipes/root")
         transport.url = "s3://pipes/root"
-        source = dagster_source(transport, "s-9")
+        source = DagsterPipesSource(transport, "s-9")
         try:
             params = decode(source.env()[MESSAGES_ENV])
             assert params["bucket"] == "pipes"
-            assert params["key_prefix"] == "root/s-9/dagster/messages"
+            assert params["key_prefix"] == "root/s-9/streams/_dagster/messages"
             assert source.path is not None and params["path"] == source.path
         finally:
             source.close()
@@ -202,7 +204,7 @@ class TestBootstrap:
         self,
     ) -> None:
         """memory:// has no file for the default writer: a private one, made by env(), deleted by close()."""
-        source = dagster_source(MemoryTransport("memory://x"), "s-2")
+        source = DagsterPipesSource(MemoryTransport("memory://x"), "s-2")
         assert source.path is not None
         folder = os.path.dirname(source.path)
         assert not os.path.exists(folder)
@@ -217,7 +219,7 @@ class TestBootstrap:
         """Past the inline limit the context is written once, and DAGSTER_PIPES_CONTEXT holds its path."""
         transport = open_transport(str(tmp_path / "bus"))
         extras = {f"k{i}": os.urandom(16).hex() for i in range(8000)}
-        env = dagster_source(transport, "s-3", context=Context(run_id="r", extras=extras)).env()
+        env = DagsterPipesSource(transport, "s-3", context=Context(run_id="r", extras=extras)).env()
         params = decode(env[CONTEXT_ENV])
         assert list(params) == ["path"]
         assert json.loads(Path(params["path"]).read_text())["extras"] == extras
@@ -225,7 +227,7 @@ class TestBootstrap:
     def test_a_read_only_source_injects_nothing(self, tmp_path: Path) -> None:
         """With inject=False (following a session from elsewhere) env() is empty."""
         transport = open_transport(str(tmp_path / "bus"))
-        assert dagster_source(transport, "s-4", inject=False).env() == {}
+        assert DagsterPipesSource(transport, "s-4", inject=False).env() == {}
 
 
 class TestFileStream:
@@ -322,7 +324,7 @@ class TestFileStream:
         """A stale partial line becomes a truncated fault on a final pass, never before."""
         clock = FakeClock()
         transport = open_transport(str(tmp_path / "bus"))
-        source = dagster_source(transport, "s-t", clock=clock, tail_timeout=5.0)
+        source = DagsterPipesSource(transport, "s-t", clock=clock, tail_timeout=5.0)
         source.env()
         append(source, line("opened", {}) + b'{"__dagster_pipes_version": "0.1", "meth')
         assert len(events(source.poll())) == 1
@@ -348,7 +350,7 @@ class TestFileStream:
     def test_a_cursor_skips_what_was_delivered_before_a_restart(self, tmp_path: Path) -> None:
         """Resuming with a cursor at seq 3 delivers seq 3 onwards, nothing twice."""
         transport = open_transport(str(tmp_path / "bus"))
-        first = dagster_source(transport, "s-c")
+        first = DagsterPipesSource(transport, "s-c")
         first.env()
         append(
             first,
@@ -356,7 +358,7 @@ class TestFileStream:
             + b"".join(line("report_custom_message", {"payload": i}) for i in range(5)),
         )
         cursor = SessionCursor("s-c", {FILE_WRITER: StreamCursor(0, 3)})
-        again = dagster_source(transport, "s-c", inject=False, cursor=cursor)
+        again = DagsterPipesSource(transport, "s-c", inject=False, cursor=cursor)
         assert [e.seq for e in events(again.poll())] == [3, 4, 5]
 
 
@@ -369,7 +371,7 @@ class TestHostileFile:
         """A line over max_line bytes is one too_large fault; memory holds at most the limit,
         and the lines after it are delivered."""
         transport = open_transport(str(tmp_path / "bus"))
-        source = dagster_source(transport, "s-l", max_read=64 * 1024)
+        source = DagsterPipesSource(transport, "s-l", max_read=64 * 1024)
         source.env()
         source._file.max_line = 100_000  # type: ignore[union-attr]
         append(source, line("opened", {}) + b'{"method": "log", "params": {"message": "')
@@ -389,7 +391,7 @@ class TestHostileFile:
     ) -> None:
         """A FIFO or a link to /dev/zero at the messages file is one foreign fault, no hang."""
         transport = open_transport(str(tmp_path / "bus"))
-        source = dagster_source(transport, "s-f")
+        source = DagsterPipesSource(transport, "s-f")
         source.env()
         assert source.path is not None
         if kind == "fifo":
@@ -418,7 +420,7 @@ class TestSignedSessions:
     def test_an_untrusted_source_injects_nothing_and_delivers_nothing(self, tmp_path: Path) -> None:
         """Every line found is an unauthenticated fault; no writer is counted as open."""
         transport = open_transport(str(tmp_path / "bus"))
-        source = dagster_source(transport, "s-x", trusted=False)
+        source = DagsterPipesSource(transport, "s-x", trusted=False)
         assert source.env() == {}
         assert source.path is not None
         os.makedirs(os.path.dirname(source.path), exist_ok=True)
@@ -437,7 +439,7 @@ class TestChunks:
     def test_buses_without_blob_writers_cost_no_store_requests(self, tmp_path: Path) -> None:
         """On local and memory buses nobody writes chunks, so polling makes no request at all."""
         for transport in (open_transport(str(tmp_path / "bus")), MemoryTransport("memory://c0")):
-            source = dagster_source(transport, "s-q")
+            source = DagsterPipesSource(transport, "s-q")
             source.env()
             for final in (False, False, True):
                 assert source.poll(final=final) == []
@@ -445,11 +447,11 @@ class TestChunks:
             source.close()
 
     def put(self, source: DagsterPipesSource, n: int, data: bytes) -> None:
-        source.transport.put_if_absent(f"{source.session}/dagster/messages/{n}.json", data)
+        source.transport.put_if_absent(f"{source.session}/streams/_dagster/messages/{n}.json", data)
 
     def test_every_available_chunk_is_read_in_one_poll_in_order(self) -> None:
         """Five chunks waiting: one poll delivers all 1+5*3 messages, seq 0..15, chunk numbers kept."""
-        source = dagster_source(
+        source = DagsterPipesSource(
             MemoryTransport("memory://chunks-1"), "s-b", inject=False, read_chunks=True
         )
         self.put(source, 1, chunk(msg("opened", {"extras": {}})))
@@ -469,7 +471,7 @@ class TestChunks:
         """Within probe_interval no GET is made; a final pass reads at once."""
         clock = FakeClock()
         transport = MemoryTransport("memory://chunks-2")
-        source = dagster_source(
+        source = DagsterPipesSource(
             transport, "s-b", inject=False, read_chunks=True, clock=clock, probe_interval=1.0
         )
         source.poll()
@@ -485,7 +487,7 @@ class TestChunks:
 
     def test_a_missing_chunk_is_a_gap_fault_at_the_end_and_later_chunks_are_read(self) -> None:
         """Chunks 1 and 3 exist: chunk 3 is delivered on the final pass after a gap fault naming 2.json."""
-        source = dagster_source(
+        source = DagsterPipesSource(
             MemoryTransport("memory://chunks-3"), "s-b", inject=False, read_chunks=True
         )
         self.put(source, 1, chunk(msg("opened", {})))
@@ -494,22 +496,22 @@ class TestChunks:
         items = source.poll(final=True)
         [fault] = faults(items)
         assert fault.reason == "gap"
-        assert fault.key == "s-b/dagster/messages/2.json"
+        assert fault.key == "s-b/streams/_dagster/messages/2.json"
         assert [type(e.message) for e in events(items)] == [Closed]
 
     def test_a_malformed_line_in_a_chunk_names_the_key_and_line(self) -> None:
         """Line 2 of chunk 1 is garbage: a fault at key:2; lines 1 and 3 are delivered."""
-        source = dagster_source(
+        source = DagsterPipesSource(
             MemoryTransport("memory://chunks-4"), "s-b", inject=False, read_chunks=True
         )
         self.put(source, 1, chunk(msg("opened", {})) + b"\n{oops\n" + chunk(msg("closed", {})))
         items = source.poll()
-        assert [f.key for f in faults(items)] == ["s-b/dagster/messages/1.json:2"]
+        assert [f.key for f in faults(items)] == ["s-b/streams/_dagster/messages/1.json:2"]
         assert len(events(items)) == 2
 
     def test_an_oversized_chunk_is_skipped_with_a_fault(self) -> None:
         """A chunk above max_chunk_bytes is reported too_large and the next one is read."""
-        source = dagster_source(
+        source = DagsterPipesSource(
             MemoryTransport("memory://chunks-5"),
             "s-b",
             inject=False,

@@ -19,17 +19,19 @@ from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesContextData, PipesParams
 
 from pipes_bus._log.items import Event, StreamFault
-from pipes_bus._orchestrator.session import ContextInjector, Injection, Session, SessionResult
+from pipes_bus._orchestrator.injectors import ContextInjector, Injection
+from pipes_bus._orchestrator.result import SessionResult
+from pipes_bus._orchestrator.session import Session
 from pipes_bus._redact import public_options
 from pipes_bus._wire import keys as _keys
 from pipes_bus._wire.bootstrap import KEY_ENV, SESSION_ENV, Context
 from pipes_bus._wire.schema import Closed, ExceptionInfo, Opened
-from pipes_bus.integrations.dagster._interop import (
+from pipes_bus.integrations.dagster._source import DagsterPipesSource
+from pipes_bus.integrations.dagster._translate import (
     CONTEXT_PARAMS_KEY,
     INLINE_CONTEXT_LIMIT,
     PARAMS_KEY,
     encode_param,
-    ensure_dagster_source,
     exception_to_dagster,
     message_to_dagster,
 )
@@ -111,12 +113,15 @@ class PipesBusMessageReader(PipesMessageReader):
             writer_settings=self.writer_settings,
             collect=False,
             grace=self.grace,
-        )
+            capture_output=self.include_stdio_in_messages,
+            # The session's sources, Dagster Pipes' among them, hear default writers too.
+            sources=None if self.accept_dagster_writers else [],
+        ).open()
         self.session, self.result = session, None
         params: dict[str, Any] = {}
-        if self.accept_dagster_writers:
-            source = ensure_dagster_source(session, include_stdio=self.include_stdio_in_messages)
-            params.update(source.message_params())
+        for source in session.sources:
+            if isinstance(source, DagsterPipesSource):
+                params.update(source.message_params())
         spec = {"session": session.env[SESSION_ENV]}
         if KEY_ENV in session.env:
             spec["key"] = session.env[KEY_ENV]

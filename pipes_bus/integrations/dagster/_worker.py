@@ -23,7 +23,7 @@ from pipes_bus._log.writer import WriterSettings
 from pipes_bus._wire.bootstrap import KEY_ENV, SESSION_ENV
 from pipes_bus._wire.schema import Log, UnknownMessage
 from pipes_bus._worker.api import Worker, open_worker
-from pipes_bus.integrations.dagster._interop import (
+from pipes_bus.integrations.dagster._translate import (
     CONTEXT_PARAMS_KEY,
     PARAMS_KEY,
     exception_from_dagster,
