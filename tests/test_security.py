@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipes_bus._worker.loaders import load_context
 from pipes_bus.log import ChunkWriter
 from pipes_bus.messages import Custom, Opened, WriterInfo
 from pipes_bus.orchestrator import Session
+from tests.helpers import cli_command
 
 
 @pytest.fixture
@@ -157,9 +157,7 @@ class TestRedaction:
         """An error about a bus URL with userinfo names the URL without its password."""
         out = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "pipes_bus",
+                *cli_command(),
                 "run",
                 "--bus",
                 "nosuch://me:topsecret@h/b",

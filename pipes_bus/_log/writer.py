@@ -291,6 +291,13 @@ class ChunkWriter:
         where = self.transport.describe(_keys.stream_prefix(self.session, self.writer))
         return f"<ChunkWriter {where}>"
 
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        """Close, with the exception that left the block (if any) in ``closed``."""
+        self.close(exc)
+
     # --- internals (call with the lock held) --------------------------------------------
 
     def _too_deep(self, buf: bytearray, start: int, end: int) -> bool:

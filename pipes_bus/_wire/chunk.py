@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from pipes_bus._wire.limits import MAX_NESTING, json_too_deep, value_too_deep
+from pipes_bus._wire.limits import MAX_NESTING, MiB, json_too_deep, value_too_deep
 from pipes_bus._wire.schema import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
@@ -278,7 +278,7 @@ def parse_chunk(
     writer: str,
     chunk: int,
     key: bytes | None = None,
-    max_body_bytes: int = 256 * 1024 * 1024,
+    max_body_bytes: int = 256 * MiB,
 ) -> DecodedChunk:
     """Check and decode a chunk read from ``writer``'s stream at position ``chunk``.
 

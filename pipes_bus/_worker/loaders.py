@@ -15,6 +15,7 @@ import msgspec
 
 from pipes_bus._errors import ConfigurationError
 from pipes_bus._wire.bootstrap import ARGV_FLAG, CONTEXT_ENV, Context, SessionParams, decode_context
+from pipes_bus._wire.limits import MiB
 from pipes_bus._wire.objects import ObjectRef, get_object
 
 __all__ = ["load_context", "register_context_loader"]
@@ -50,7 +51,7 @@ def _from_object(
     source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], transport: Any
 ) -> Context:
     ref = ObjectRef(
-        source["key"], source.get("max_size", 64 * 1024 * 1024), source.get("sha256", "")
+        source["key"], source.get("max_size", 64 * MiB), source.get("sha256", "")
     )
     data = get_object(transport, ref, what="context object")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import cli, cli_command
+
 HELLO = Path(__file__).parents[2] / "docs" / "examples" / "hello.py"
-
-
-def pipes_bus(
-    *args: str, env: dict[str, str] | None = None, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI as a subprocess."""
-    kw.setdefault("timeout", 120)
-    return subprocess.run(
-        [sys.executable, "-m", "pipes_bus", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        **kw,
-    )
 
 
 def worker(tmp_path: Path, body: str) -> str:
@@ -49,9 +36,7 @@ class TestRun:
     ) -> None:
         """`run` exits 0 and --events holds one JSON object per message with kind, writer, seq."""
         out = tmp_path / "events.jsonl"
-        proc = pipes_bus(
-            "run", "--bus", bus, "--events", str(out), "--", sys.executable, str(HELLO)
-        )
+        proc = cli("run", "--bus", bus, "--events", str(out), "--", sys.executable, str(HELLO))
         assert proc.returncode == 0, proc.stderr
         lines = events(out)
         assert [line["kind"] for line in lines] == (
@@ -78,7 +63,7 @@ class TestRun:
             tmp_path,
             "import pipes_bus\nwith pipes_bus.open_worker() as w: w.report_custom_message([1, 'a'])\n",
         )
-        proc = pipes_bus("run", "-q", "--bus", bus, "--events", "-", "--", sys.executable, script)
+        proc = cli("run", "-q", "--bus", bus, "--events", "-", "--", sys.executable, script)
         assert proc.returncode == 0, proc.stderr
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [(line["kind"], line["seq"]) for line in lines] == [
@@ -100,7 +85,7 @@ class TestRun:
         ctx.write_text(json.dumps({"asset_keys": ["a"], "partition_key": "p1", "extras": {"n": 2}}))
         for arg in (ctx.read_text(), f"@{ctx}"):
             for injector in ("env", "object", "argv"):
-                proc = pipes_bus(
+                proc = cli(
                     "run",
                     "-q",
                     "--bus",
@@ -124,7 +109,7 @@ class TestRun:
         script = worker(
             tmp_path, "import sys, pipes_bus\nwith pipes_bus.open_worker(): pass\nsys.exit(7)\n"
         )
-        proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script)
+        proc = cli("run", "-q", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 7
         assert proc.stderr.strip().splitlines()[-1] == "pipes-bus: the command exited with status 7"
 
@@ -135,7 +120,7 @@ class TestRun:
             "import pipes_bus\ntry:\n    with pipes_bus.open_worker(label='etl'):\n        raise ValueError('bad row 7')\n"
             "except ValueError:\n    pass\n",
         )
-        proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script)
+        proc = cli("run", "-q", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 3
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("pipes-bus: writer etl (w-") and last.endswith(
@@ -148,7 +133,7 @@ class TestRun:
             tmp_path,
             "import os, pipes_bus\nw = pipes_bus.open_worker()\nw.report_custom_message(1)\nw.flush()\nos._exit(0)\n",
         )
-        proc = pipes_bus("run", "-q", "--bus", bus, "--grace", "60", "--", sys.executable, script)
+        proc = cli("run", "-q", "--bus", bus, "--grace", "60", "--", sys.executable, script)
         assert proc.returncode == 4
         assert (
             "never closed; its last delivered message was #1 (custom)"
@@ -164,7 +149,7 @@ class TestRun:
             "import os, signal, pipes_bus\nwith pipes_bus.open_worker() as w:\n"
             "    w.report_custom_message(1); w.flush(); os.kill(os.getpid(), signal.SIGKILL)\n",
         )
-        proc = pipes_bus("run", "--bus", bus, "--", sys.executable, script)
+        proc = cli("run", "--bus", bus, "--", sys.executable, script)
         assert proc.returncode == 128 + 9
         assert "the command was killed by SIGKILL" in proc.stderr
         assert "never closed" in proc.stderr
@@ -194,7 +179,7 @@ class TestRun:
         self, tmp_path: Path, bus: str
     ) -> None:
         """A command that never opens a worker succeeds, and the view says where it looked."""
-        proc = pipes_bus("run", "--bus", bus, "--", sys.executable, "-c", "pass")
+        proc = cli("run", "--bus", bus, "--", sys.executable, "-c", "pass")
         assert proc.returncode == 0
         assert "0 writer(s)" in proc.stderr
         assert "no worker reported into this session:" in proc.stderr
@@ -239,7 +224,7 @@ class TestRun:
         """Bad URLs, contexts, options or commands exit 2 with one line saying what is wrong."""
         if "--bus" not in args:
             args = [args[0], "--bus", bus, *args[1:]]
-        proc = pipes_bus(*args)
+        proc = cli(*args)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
         assert proc.stderr.startswith("pipes-bus: ")
@@ -248,16 +233,16 @@ class TestRun:
     def test_the_default_bus_needs_no_configuration(self, tmp_path: Path) -> None:
         """Without --bus or $PIPES_BUS_URL, run uses a local directory and ls finds the session."""
         env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PIPES_BUS_URL": ""}
-        proc = pipes_bus("run", "--", sys.executable, str(HELLO), env=env)
+        proc = cli("run", "--", sys.executable, str(HELLO), env=env)
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "cache" / "pipes-bus" / "bus").is_dir()
-        listing = pipes_bus("ls", "--json", env=env)
+        listing = cli("ls", "--json", env=env)
         [row] = [json.loads(x) for x in listing.stdout.splitlines()]
         assert row["writers"] == 1
 
     def test_help_lists_the_exit_statuses(self) -> None:
         """`run --help` documents every exit status."""
-        proc = pipes_bus("run", "--help")
+        proc = cli("run", "--help")
         assert proc.returncode == 0
         for line in (
             "exit status:",
@@ -273,15 +258,15 @@ class TestTailAndLs:
     ) -> None:
         """tail prints a finished session's events; with --cursor a second tail prints nothing new."""
         out = tmp_path / "e.jsonl"
-        proc = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO))
+        proc = cli("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO))
         assert proc.returncode == 0
         [session] = [p.name for p in Path(bus).iterdir()]
         cursor = tmp_path / "cursor.json"
-        first = pipes_bus("tail", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor))
+        first = cli("tail", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor))
         assert first.returncode == 0, first.stderr
         assert len(events(out)) == 16
         assert "materialized examples/hello" in first.stderr
-        again = pipes_bus(
+        again = cli(
             "tail", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor), "--once"
         )
         assert again.returncode == 0, again.stderr
@@ -289,18 +274,15 @@ class TestTailAndLs:
 
     def test_tail_of_a_missing_session_is_a_clear_error(self, bus: str) -> None:
         """tail names the location when there is no such session."""
-        proc = pipes_bus("tail", f"{bus}/s-nothing-here")
+        proc = cli("tail", f"{bus}/s-nothing-here")
         assert proc.returncode == 2
         assert "There is no session at" in proc.stderr
 
     def test_ls_lists_sessions_with_their_writers(self, tmp_path: Path, bus: str) -> None:
         """ls shows one row per session with its writer count."""
         for _ in range(2):
-            assert (
-                pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO)).returncode
-                == 0
-            )
-        proc = pipes_bus("ls", bus)
+            assert cli("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO)).returncode == 0
+        proc = cli("ls", bus)
         rows = proc.stdout.strip().splitlines()
         assert rows[0].split() == ["SESSION", "STARTED", "WRITERS"]
         assert len(rows) == 3 and all(r.endswith(" 1") for r in rows[1:])
@@ -323,9 +305,7 @@ class TestResume:
         out, cursor = tmp_path / "events.jsonl", tmp_path / "cursor.json"
         run = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "pipes_bus",
+                *cli_command(),
                 "run",
                 "-q",
                 "--bus",
@@ -349,9 +329,7 @@ class TestResume:
         with out.open("ab") as f:
             f.write(b'{"writer":"torn line, as if killed mid-wri')
         [session] = [p.name for p in Path(bus).iterdir()]
-        tail = pipes_bus(
-            "tail", "-q", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor)
-        )
+        tail = cli("tail", "-q", f"{bus}/{session}", "--events", str(out), "--cursor", str(cursor))
         assert tail.returncode == 0, tail.stderr
         lines = events(out)
         assert [line["seq"] for line in lines] == list(range(3002))

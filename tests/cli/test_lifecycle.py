@@ -13,7 +13,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from .test_cli import events, pipes_bus, worker
+from tests.cli.test_cli import events, worker
+from tests.helpers import cli, cli_command
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -64,9 +65,7 @@ class TestInterrupts:
         script = worker(tmp_path, STUBBORN)
         run = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "pipes_bus",
+                *cli_command(),
                 "run",
                 "--bus",
                 str(tmp_path / "bus"),
@@ -136,9 +135,7 @@ class TestInterrupts:
         out = tmp_path / "e.jsonl"
         run = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "pipes_bus",
+                *cli_command(),
                 "run",
                 "--bus",
                 str(tmp_path / "bus"),
@@ -176,7 +173,7 @@ class TestLateWriters:
             " start_new_session=True)\n",
         )
         out = tmp_path / "e.jsonl"
-        proc = pipes_bus(
+        proc = cli(
             "run",
             "--bus",
             str(tmp_path / "bus"),
@@ -206,15 +203,13 @@ class TestTakeover:
             tmp_path,
             "import pipes_bus\nwith pipes_bus.open_worker():\n    raise ValueError('bad rows')\n",
         )
-        run = pipes_bus(
-            "run", "-q", "--bus", bus, "--cursor", str(cursor), "--", sys.executable, script
-        )
+        run = cli("run", "-q", "--bus", bus, "--cursor", str(cursor), "--", sys.executable, script)
         assert run.returncode == 1, run.stderr
         [session] = [p.name for p in Path(bus).iterdir()]
-        tail = pipes_bus("tail", f"{bus}/{session}", "--cursor", str(cursor))
+        tail = cli("tail", f"{bus}/{session}", "--cursor", str(cursor))
         assert tail.returncode == 3, tail.stderr
         assert "failed: ValueError: bad rows" in tail.stderr
-        fresh = pipes_bus("tail", f"{bus}/{session}")
+        fresh = cli("tail", f"{bus}/{session}")
         assert fresh.returncode == 3
 
     def test_tail_after_a_fault_exits_5(self, tmp_path: Path) -> None:
@@ -230,7 +225,7 @@ class TestTakeover:
             "        f.write(b'<html>planted</html>')\n"
             "    w.report_custom_message(1)\n",
         )
-        run = pipes_bus(
+        run = cli(
             "run",
             "-q",
             "--bus",
@@ -244,23 +239,23 @@ class TestTakeover:
         )
         assert run.returncode == 5, run.stderr
         [session] = [p.name for p in Path(bus).iterdir()]
-        tail = pipes_bus("tail", f"{bus}/{session}", "--cursor", str(cursor))
+        tail = cli("tail", f"{bus}/{session}", "--cursor", str(cursor))
         assert tail.returncode == 5, tail.stderr
 
     def test_a_corrupt_or_foreign_cursor_file_is_a_one_line_error(self, tmp_path: Path) -> None:
         """A cursor file that is not one, or is another session's, exits 2 with one line."""
         bus = str(tmp_path / "bus")
         script = worker(tmp_path, "import pipes_bus\nwith pipes_bus.open_worker(): pass\n")
-        assert pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script).returncode == 0
+        assert cli("run", "-q", "--bus", bus, "--", sys.executable, script).returncode == 0
         [session] = [p.name for p in Path(bus).iterdir()]
         bad = tmp_path / "bad.json"
         bad.write_text("{not a cursor")
-        proc = pipes_bus("tail", f"{bus}/{session}", "--cursor", str(bad))
+        proc = cli("tail", f"{bus}/{session}", "--cursor", str(bad))
         assert proc.returncode == 2
         assert proc.stderr.startswith(f"pipes-bus: --cursor {bad} is not a pipes_bus cursor")
         other = tmp_path / "other.json"
         other.write_text('{"session": "s-other"}')
-        proc = pipes_bus("tail", f"{bus}/{session}", "--cursor", str(other))
+        proc = cli("tail", f"{bus}/{session}", "--cursor", str(other))
         assert proc.returncode == 2
         assert "is for session 's-other'" in proc.stderr
         assert len(proc.stderr.splitlines()) == 1
@@ -269,10 +264,10 @@ class TestTakeover:
         """PIPES_BUS_KEY that is not hex, or shorter than 32 bytes, exits 2 with one line."""
         bus = str(tmp_path / "bus")
         script = worker(tmp_path, "import pipes_bus\nwith pipes_bus.open_worker(): pass\n")
-        assert pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script).returncode == 0
+        assert cli("run", "-q", "--bus", bus, "--", sys.executable, script).returncode == 0
         [session] = [p.name for p in Path(bus).iterdir()]
         for key, text in (("zz" * 32, "is not a hexadecimal key"), ("ab" * 8, "holds 8 bytes")):
-            proc = pipes_bus("tail", f"{bus}/{session}", env={"PIPES_BUS_KEY": key})
+            proc = cli("tail", f"{bus}/{session}", env={"PIPES_BUS_KEY": key})
             assert proc.returncode == 2
             assert text in proc.stderr and len(proc.stderr.splitlines()) == 1
 
@@ -292,14 +287,14 @@ class TestDagsterOnlySessions:
             "        f.write(json.dumps({'__dagster_pipes_version': '0.1', 'method': m,"
             " 'params': {}}) + '\\n')\n",
         )
-        run = pipes_bus("run", "-q", "--bus", bus, "--", sys.executable, script)
+        run = cli("run", "-q", "--bus", bus, "--", sys.executable, script)
         assert run.returncode == 0, run.stderr
         [session] = [p.name for p in Path(bus).iterdir()]
-        tail = pipes_bus("tail", f"{bus}/{session}", timeout=60)
+        tail = cli("tail", f"{bus}/{session}", timeout=60)
         assert tail.returncode == 0, tail.stderr
         cursor = tmp_path / "c.json"
-        assert pipes_bus("tail", f"{bus}/{session}", "--cursor", str(cursor)).returncode == 0
-        again = pipes_bus("tail", f"{bus}/{session}", "--cursor", str(cursor), timeout=60)
+        assert cli("tail", f"{bus}/{session}", "--cursor", str(cursor)).returncode == 0
+        again = cli("tail", f"{bus}/{session}", "--cursor", str(cursor), timeout=60)
         assert again.returncode == 0, again.stderr
 
 
@@ -323,7 +318,7 @@ class TestSignedSessions:
             "with pipes_bus.open_worker() as w: w.report_custom_message('signed')\n",
         )
         out = tmp_path / "e.jsonl"
-        proc = pipes_bus(
+        proc = cli(
             "run",
             "--sign",
             "--bus",
@@ -353,7 +348,7 @@ class TestHostileText:
             "    w.log.warning('ok\\n[w-forged] INFO    all good\\x1b[31m\\r\\u202e')\n"
             "    w.report_materialization('a\\nb', metadata={'k': 'v\\x07'})\n",
         )
-        proc = pipes_bus("run", "--bus", str(tmp_path / "bus"), "--", sys.executable, script)
+        proc = cli("run", "--bus", str(tmp_path / "bus"), "--", sys.executable, script)
         assert proc.returncode == 0, proc.stderr
         for char in ("\x1b", "\r", "\x07", "\u202e"):
             assert char not in proc.stderr
@@ -367,14 +362,12 @@ class TestHostileBus:
         """A FIFO where a chunk belongs does not hang `tail --once`: exit 5, the key named."""
         bus = tmp_path / "bus"
         script = worker(tmp_path, "import pipes_bus\nwith pipes_bus.open_worker(): pass\n")
-        assert (
-            pipes_bus("run", "-q", "--bus", str(bus), "--", sys.executable, script).returncode == 0
-        )
+        assert cli("run", "-q", "--bus", str(bus), "--", sys.executable, script).returncode == 0
         [stream] = list(bus.glob("*/streams/*"))
         (stream / f"{1:020d}").unlink()
         os.mkfifo(stream / f"{1:020d}")
         session = stream.parent.parent.name
-        proc = pipes_bus("tail", "--once", f"{bus}/{session}", timeout=30)
+        proc = cli("tail", "--once", f"{bus}/{session}", timeout=30)
         assert proc.returncode == 5, proc.stderr
         assert f"{1:020d}" in proc.stderr
 
@@ -382,7 +375,7 @@ class TestHostileBus:
         """A bus nobody can write (here under /proc) is exit 6 with one sentence naming the
         URL, before anything is launched."""
         marker = tmp_path / "ran"
-        proc = pipes_bus("run", "--bus", "/proc/pipes-bus-bus", "--", "touch", str(marker))
+        proc = cli("run", "--bus", "/proc/pipes-bus-bus", "--", "touch", str(marker))
         assert proc.returncode == 6, proc.stderr
         assert proc.stderr.startswith("pipes-bus: Cannot write /proc/pipes-bus-bus/")
         assert len(proc.stderr.splitlines()) == 1

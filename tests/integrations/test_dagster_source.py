@@ -61,16 +61,7 @@ from pipes_bus.messages import (
 from pipes_bus.orchestrator import Event, StreamFault
 from pipes_bus.transports import open_transport
 from pipes_bus.transports._memory import MemoryTransport
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def msg(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -322,7 +313,7 @@ class TestFileStream:
         self, tmp_path: Path
     ) -> None:
         """A stale partial line becomes a truncated fault on a final pass, never before."""
-        clock = FakeClock()
+        clock = FakeClock(100.0)
         transport = open_transport(str(tmp_path / "bus"))
         source = DagsterPipesSource(transport, "s-t", clock=clock, tail_timeout=5.0)
         source.env()
@@ -469,7 +460,7 @@ class TestChunks:
 
     def test_probes_are_spaced_while_the_work_runs_but_final_passes_always_read(self) -> None:
         """Within probe_interval no GET is made; a final pass reads at once."""
-        clock = FakeClock()
+        clock = FakeClock(100.0)
         transport = MemoryTransport("memory://chunks-2")
         source = DagsterPipesSource(
             transport, "s-b", inject=False, read_chunks=True, clock=clock, probe_interval=1.0

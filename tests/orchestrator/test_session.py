@@ -14,25 +14,11 @@ from pipes_bus.log import ChunkWriter
 from pipes_bus.messages import Custom, Opened, WriterInfo
 from pipes_bus.orchestrator import Event, Session, StreamFault, run_subprocess
 from pipes_bus.transports import open_transport
+from tests.helpers import FakeClock
 
 
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept = 0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept += 1
-        self.now += seconds
-
-
-def _session(bus: str, fake: FakeTime, **options: object) -> Session:
-    return Session(bus, sleep=fake.sleep, clock=fake.clock, **options)  # type: ignore[arg-type]
+def _session(bus: str, fake: FakeClock, **options: object) -> Session:
+    return Session(bus, sleep=fake.sleep, clock=fake, **options)  # type: ignore[arg-type]
 
 
 def _writer(
@@ -51,7 +37,7 @@ def bus(tmp_path: Path) -> str:
 class TestCompletion:
     def test_finishes_as_soon_as_every_writer_has_closed(self, bus: str) -> None:
         """With the work done and all writers closed, the session ends without waiting out grace."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake, grace=1000.0)
         writer = _writer(session, "w1")
         writer.write(Custom(payload=1))
@@ -64,7 +50,7 @@ class TestCompletion:
 
     def test_a_straggler_gets_grace_then_is_named_with_its_last_message(self, bus: str) -> None:
         """A writer that never closes is waited for `grace` seconds, then reported incomplete."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake, grace=30.0)
         closed = _writer(session, "done")
         closed.close()
@@ -84,7 +70,7 @@ class TestCompletion:
 
     def test_a_writer_that_closes_during_grace_completes_the_session(self, bus: str) -> None:
         """A straggler that closes within the grace period makes the session complete and ok."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake, grace=30.0)
         late = _writer(session, "late")
         late.flush()
@@ -109,7 +95,7 @@ class TestCompletion:
         gone = subprocess.run(
             [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
         )
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake, grace=1000.0)
         writer = _writer(session, "dead", pid=int(gone.stdout), host=socket.gethostname())
         writer.flush()
@@ -119,7 +105,7 @@ class TestCompletion:
 
     def test_without_done_it_ends_when_all_writers_closed(self, bus: str) -> None:
         """With no process to watch, the session ends once at least one writer opened and all closed."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake)
         w = _writer(session, "w")
         w.close()
@@ -154,7 +140,7 @@ class TestConfiguration:
     def test_the_sessions_clock_drives_its_reader_and_sources(self, bus: str) -> None:
         """A session's injected clock is the one its reader and its (active) Dagster source
         use: moving it makes their next poll due."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake)
         _writer(session, "w").flush()
         [dagster] = session.sources
@@ -172,7 +158,7 @@ class TestConfiguration:
 class TestResult:
     def test_callbacks_see_every_item_in_order(self, bus: str) -> None:
         """on_event callbacks receive each event and fault, in delivery order."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake)
         seen: list[Event | StreamFault] = []
         session.on_event(seen.append)
@@ -186,7 +172,7 @@ class TestResult:
 
     def test_faults_make_the_session_fail_with_a_reason(self, bus: str) -> None:
         """An undeliverable object in a stream is a fault, exit status 5, with the key named."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake)
         writer = _writer(session, "w")
         writer.close()
@@ -198,7 +184,7 @@ class TestResult:
 
     def test_diagnostics_say_where_the_reader_looked(self, bus: str) -> None:
         """When no writer ever opens, the result explains what was injected and what was found."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         session = _session(bus, fake)
         result = session.wait(done=lambda: True)
         assert result.writers == {}
@@ -210,7 +196,7 @@ class TestResult:
 class TestReattach:
     def test_a_new_orchestrator_resumes_from_the_cursor(self, bus: str) -> None:
         """Attaching with a saved cursor delivers the rest: no duplicates, no loss."""
-        fake = FakeTime()
+        fake = FakeClock(0.0)
         first = _session(bus, fake)
         writer = _writer(first, "w")
         for i in range(100):
@@ -232,7 +218,7 @@ class TestReattach:
             first.id,
             cursor=SessionCursor.loads(saved),
             sleep=fake.sleep,
-            clock=fake.clock,
+            clock=fake,
         )
         rest = list(second.follow())
         seqs = [e.seq for e in consumed + rest if isinstance(e, Event)]

@@ -16,7 +16,7 @@ from pipes_bus import NotInSessionError, PipesBusWarning
 from pipes_bus._worker.capture import OUTPUT_PIECE
 from pipes_bus.messages import BoolValue, Closed, IntValue, Log, Opened, TextValue
 from pipes_bus.orchestrator import Session
-from tests.scripts import payloads, run_script
+from tests.helpers import cli_command, payloads, run_script
 
 
 @pytest.fixture
@@ -324,9 +324,7 @@ class TestProcesses:
         )
         proc = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "pipes_bus",
+                *cli_command(),
                 "run",
                 "-q",
                 "--bus",

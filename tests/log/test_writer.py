@@ -33,7 +33,7 @@ from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
 
 if TYPE_CHECKING:
-    from conftest import FakeClock, WaitUntil
+    from tests.helpers import FakeClock, WaitUntil
 
 SESSION = "s"
 NO_LINGER = 3600.0  # seals only on size, flush and close

@@ -25,7 +25,7 @@ from pipes_bus.transports import Transport
 from pipes_bus.transports._memory import MemoryTransport
 
 if TYPE_CHECKING:
-    from conftest import FakeClock
+    from tests.helpers import FakeClock
 
 SESSION = "s"
 Item = Event | StreamFault

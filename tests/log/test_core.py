@@ -1,0 +1,119 @@
+"""The reader core, run with no store and no clock: requests out, outcomes in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from pipes_bus import PermanentStoreError, TransientStoreError, UnreadableObjectError
+from pipes_bus._log.core import Get, List, Prefetch, ReaderCore
+from pipes_bus._wire.chunk import build_chunk
+from pipes_bus._wire.keys import chunk_key, streams_prefix
+from pipes_bus.messages import Custom
+from pipes_bus.orchestrator import StreamFault
+
+S = "s"
+
+
+def chunk(writer: str, n: int, first: int, messages: list[Any], final: bool = False) -> bytes:
+    """A chunk as a writer would publish it."""
+    body = b"".join(msgspec.json.encode(m) + b"\n" for m in messages)
+    return build_chunk(
+        writer=writer, chunk=n, first=first, count=len(messages), body=body, final=final
+    )
+
+
+class Script:
+    """Answers a pass's requests from a dict of keys and listings, recording each request."""
+
+    def __init__(self, objects: dict[str, Any], listings: dict[str, Any]) -> None:
+        self.objects = objects
+        self.listings = listings
+        self.requests: list[Any] = []
+
+    def run(self, pass_: Any, now: float = 0.0) -> Any:
+        try:
+            request = next(pass_)
+            while True:
+                self.requests.append(request)
+                if type(request) is Get:
+                    outcome = self.objects.get(request.key)
+                elif type(request) is List:
+                    outcome = self.listings.get(request.prefix, [])
+                else:
+                    outcome = None
+                request = pass_.send((outcome, now))
+        except StopIteration as stop:
+            return stop.value
+
+
+class TestReaderCore:
+    def test_a_first_pass_lists_then_reads_each_stream_in_order(self) -> None:
+        """The first pass lists the streams, then gets each chunk until one is missing."""
+        key0, key1 = chunk_key(S, "w", 0), chunk_key(S, "w", 1)
+        script = Script(
+            {
+                key0: chunk("w", 0, 0, [Custom(payload=1)]),
+                key1: chunk("w", 1, 1, [Custom(payload=2)]),
+            },
+            {streams_prefix(S): ["w"]},
+        )
+        core = ReaderCore(S, discover_interval=0)
+        items = script.run(core.poll(0.0))
+        assert [(e.seq, e.message.payload) for e in items] == [(0, 1), (1, 2)]
+        assert script.requests == [
+            List(streams_prefix(S)),
+            Get(key0, core.max_chunk_bytes, "w"),
+            Get(key1, core.max_chunk_bytes, "w"),
+            Get(chunk_key(S, "w", 2), core.max_chunk_bytes, "w"),
+        ]
+
+    def test_with_read_ahead_the_next_chunk_is_prefetched_before_decoding(self) -> None:
+        """On a remote store the core asks for chunk n+1 to be started before it decodes n."""
+        key0 = chunk_key(S, "w", 0)
+        script = Script({key0: chunk("w", 0, 0, [Custom(payload=1)])}, {streams_prefix(S): ["w"]})
+        core = ReaderCore(S, discover_interval=0, read_ahead=True)
+        script.run(core.poll(0.0))
+        assert script.requests[1:3] == [
+            Get(key0, core.max_chunk_bytes, "w"),
+            Prefetch(Get(chunk_key(S, "w", 1), core.max_chunk_bytes, "w")),
+        ]
+
+    def test_a_transient_failure_is_not_now_and_a_permanent_one_is_raised(self) -> None:
+        """A TransientStoreError outcome means "try again later"; a PermanentStoreError is
+        raised out of the pass; an UnreadableObjectError is a fault at its key."""
+        key0 = chunk_key(S, "w", 0)
+        core = ReaderCore(S, discover_interval=0)
+        flaky = TransientStoreError("503", url="x", key=key0)
+        assert Script({key0: flaky}, {streams_prefix(S): ["w"]}).run(core.poll(0.0)) == []
+        assert core.last_error is flaky
+        planted = UnreadableObjectError("a FIFO", url="x", key=key0, reason="foreign")
+        [fault] = Script({key0: planted}, {}).run(core.poll(1.0))
+        assert isinstance(fault, StreamFault) and (fault.key, fault.reason) == (key0, "foreign")
+        with pytest.raises(PermanentStoreError, match="denied"):
+            Script({chunk_key(S, "w", 1): PermanentStoreError("denied")}, {}).run(core.poll(2.0))
+
+    def test_idle_streams_back_off_on_the_clock_they_are_given(self) -> None:
+        """With due_only, an idle stream is not probed again until its interval has passed,
+        on the times the driver sends: the core has no clock of its own."""
+        core = ReaderCore(S, discover_interval=60, poll=0.01)
+        script = Script({}, {streams_prefix(S): ["w"]})
+        script.run(core.poll(0.0, due_only=True))
+        wait = core.wait_time(0.0)
+        assert wait > 0
+        script.requests.clear()
+        script.run(core.poll(wait / 2, due_only=True))
+        assert script.requests == []
+        script.run(core.poll(wait, due_only=True))
+        assert script.requests == [
+            List(streams_prefix(S)),
+            Get(chunk_key(S, "w", 0), core.max_chunk_bytes, "w"),
+        ]
+
+    def test_a_claimed_entry_is_not_a_writer_and_not_a_fault(self) -> None:
+        """An entry another source claims (``_dagster``) is recorded, neither read nor faulted."""
+        core = ReaderCore(S, discover_interval=0, claims=frozenset({"_dagster"}))
+        items = Script({}, {streams_prefix(S): ["_dagster"]}).run(core.poll(0.0))
+        assert items == [] and core.writers == [] and core.claimed == {"_dagster"}
