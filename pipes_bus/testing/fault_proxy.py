@@ -1,44 +1,77 @@
-"""FaultProxy: an HTTP reverse proxy that makes a real store misbehave, for end-to-end tests.
+"""FaultProxy: an HTTP reverse proxy in front of a real store, that records what clients send
+and makes the store misbehave, for end-to-end tests.
 
 Put it in front of a local store server (moto's S3 server, Azurite, fake-gcs-server) and
-point the client at the proxy. It forwards requests unchanged, except that it can answer
-``503 SlowDown``, drop connections before or after forwarding (so a write may have
-happened although the client saw an error), and go fully dark for outages of a few
-seconds. It listens on loopback only and stops when asked.
+point the client at the proxy. It forwards requests unchanged and records each one
+(:attr:`FaultProxy.requests`: method, path, headers, status and bytes each way). It can
+answer some requests itself (``inject``: say, a 409 ConditionalRequestConflict or a 503),
+and inject faults at random (:class:`ProxyFaults`): ``503 SlowDown``, dropped connections
+before or after forwarding (so a write may have happened although the client saw an
+error), and full outages of a few seconds. It listens on loopback only and stops when
+asked.
 """
 
 from __future__ import annotations
 
+import collections
 import http.client
 import random
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["FaultProxy", "ProxyFaults"]
+__all__ = ["FaultProxy", "ProxyFaults", "Recorded", "Reply"]
 
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-}
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The proxy's own http.server sends these; the store's copies would be duplicates.
+_OWN = frozenset({"server", "date"})
 _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 
+#: An answer the proxy sends instead of forwarding: (status, headers, body).
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class Recorded:
+    """One request the proxy received, and what its client got back.
+
+    ``headers`` have lower-case names. ``bytes_sent`` is the request body's size,
+    ``bytes_received`` the response body's; ``status`` is 0 for a dropped connection.
+    ``status`` and ``bytes_received`` are filled in before the answer goes out.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    bytes_sent: int = 0
+    status: int = 0
+    bytes_received: int = 0
+
 
 @dataclass
 class ProxyFaults:
-    """What the proxy injects.
+    """What the proxy injects at random.
 
     ``slow_down``: share of requests answered 503 SlowDown without reaching the store.
     ``drop``: share of requests whose connection is closed without an answer (half of
@@ -54,23 +87,52 @@ class ProxyFaults:
     seed: int = 0
 
 
-class FaultProxy:
-    """A loopback reverse proxy to ``upstream`` that injects :class:`ProxyFaults`."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self, upstream: str, faults: ProxyFaults | None = None) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a dropped connection it was told about, a timeout) is
+        # not news; anything else is printed as usual.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
+class FaultProxy:
+    """A loopback reverse proxy to ``upstream`` that records requests and injects faults.
+
+    ``faults`` are injected at random while :attr:`enabled`; :attr:`counts` says how many
+    of each (and how many requests were forwarded). ``inject(request)`` is asked first
+    about every request: it may return a :data:`Reply` to send instead of forwarding, or
+    None to go on. :attr:`requests` holds the last ``keep`` requests, oldest first (a soak
+    through the proxy stays bounded).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        faults: ProxyFaults | None = None,
+        *,
+        inject: Callable[[Recorded], Reply | None] | None = None,
+        keep: int = 10_000,
+    ) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.faults = faults or ProxyFaults()
+        self.inject = inject
         self._random = random.Random(self.faults.seed)
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self.counts: dict[str, int] = {"forwarded": 0, "slow_down": 0, "drop": 0, "outage": 0}
         self.enabled = True
-        handler = self._handler_class()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Handlers append to `_recorded`; `requests` is the same list (a subclass may use
+        # the name for something else).
+        self._recorded: collections.deque[Recorded] = collections.deque(maxlen=keep)
+        self.requests: collections.deque[Recorded] = self._recorded
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -86,7 +148,9 @@ class FaultProxy:
 
     def stop(self) -> None:
         """Stop serving and close the listening socket."""
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
         self._server.server_close()
 
     def __enter__(self) -> FaultProxy:
@@ -94,6 +158,16 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def methods(self) -> list[str]:
+        """The HTTP methods of the requests recorded so far, in order."""
+        with self._lock:
+            return [request.method for request in self._recorded]
+
+    def clear(self) -> None:
+        """Forget the requests recorded so far."""
+        with self._lock:
+            self._recorded.clear()
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -135,6 +209,20 @@ class FaultProxy:
                 # algorithm waits on the client's delayed ACK (~40 ms per response).
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts: list[bytes] = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
             def _drop(self) -> None:
                 self.close_connection = True
                 try:
@@ -145,17 +233,45 @@ class FaultProxy:
                 except OSError:
                     pass
 
+            def _reply(
+                self, seen: Recorded, status: int, headers: list[tuple[str, str]], body: bytes
+            ) -> None:
+                head = self.command == "HEAD"
+                seen.status = status
+                seen.bytes_received = 0 if head else len(body)
+                self.send_response(status)
+                for name, value in headers:
+                    lower = name.lower()
+                    if lower in _HOP_BY_HOP or lower in _OWN:
+                        continue
+                    if lower == "content-length" and not head:
+                        continue  # set below, from the body actually sent
+                    self.send_header(name, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._body()
+                seen = Recorded(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    bytes_sent=len(body),
+                )
+                with proxy._lock:
+                    proxy._recorded.append(seen)
+                injected = proxy.inject(seen) if proxy.inject is not None else None
+                if injected is not None:
+                    status, headers, payload = injected
+                    self._reply(seen, status, list(headers.items()), payload)
+                    return
                 decision = proxy._decide()
                 if decision == "slow_down":
-                    self.send_response(503, "Slow Down")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(_SLOW_DOWN)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(_SLOW_DOWN)
+                    slow = [("Content-Type", "application/xml")]
+                    self._reply(seen, 503, slow, _SLOW_DOWN)
                     return
                 if decision == "drop_before":
                     self._drop()
@@ -165,25 +281,17 @@ class FaultProxy:
                     proxy.upstream_host, proxy.upstream_port, timeout=60
                 )
                 try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    upstream.request(self.command, self.path, body=body or None, headers=headers)
                     response = upstream.getresponse()
-                    data = response.read()
+                    payload = response.read()
                 finally:
                     upstream.close()
                 proxy._count("forwarded")
                 if decision == "drop_after":
                     self._drop()
                     return
-                self.send_response(response.status, response.reason)
-                for name, value in response.getheaders():
-                    if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-                        self.send_header(name, value)
-                size = response.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", size or str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                self._reply(seen, response.status, response.getheaders(), payload)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 
         return Handler

@@ -6,14 +6,14 @@
 
 Each ``start_*`` returns a :class:`Server` once the server answers HTTP, polling with a
 deadline; ``Server.stop()`` ends the process (and only that process). Nothing here mocks a
-store API: the transports talk HTTP to these servers exactly as they would to the cloud.
+store API: the transports talk HTTP to these servers exactly as they would to the cloud. To
+see or shape that traffic, put a :class:`~pipes_bus.testing.FaultProxy` in front of one.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import http.client
 import os
 import shutil
 import signal
@@ -27,7 +27,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,8 +34,6 @@ __all__ = [
     "AZURITE_ACCOUNT",
     "AZURITE_KEY",
     "AzuriteMissing",
-    "Recorded",
-    "RecordingProxy",
     "Server",
     "azurite_command",
     "azurite_connection_string",
@@ -305,152 +302,3 @@ def azurite_connection_string(server: Server) -> str:
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
         f"AccountKey={AZURITE_KEY};BlobEndpoint={server.url}/{AZURITE_ACCOUNT};"
     )
-
-
-#: An injected answer: (status, headers, body).
-Reply = tuple[int, dict[str, str], bytes]
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One request a :class:`RecordingProxy` saw."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
-
-class RecordingProxy:
-    """A loopback HTTP reverse proxy that records every request and can answer some itself.
-
-    Point a client at :attr:`url` instead of the server's: requests are forwarded
-    unchanged and listed in :attr:`requests`. ``inject(request)`` may return a
-    :data:`Reply` to send instead of forwarding (to make a real server answer, say,
-    409 ConditionalRequestConflict), or None to forward.
-    """
-
-    def __init__(
-        self, upstream: str, inject: Callable[[Recorded], Reply | None] | None = None
-    ) -> None:
-        host_port = upstream.split("://", 1)[-1].split("/", 1)[0]
-        host, _, port = host_port.partition(":")
-        self.upstream = (host, int(port or 80))
-        self.inject = inject
-        self.requests: list[Recorded] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        """Where clients should connect, e.g. http://127.0.0.1:41234."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> RecordingProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=_STOP_TIMEOUT)
-
-    def __enter__(self) -> RecordingProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def methods(self) -> list[str]:
-        """The HTTP methods of the requests so far, in order."""
-        with self._lock:
-            return [request.method for request in self.requests]
-
-    def clear(self) -> None:
-        """Forget the requests recorded so far."""
-        with self._lock:
-            self.requests.clear()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    parts: list[bytes] = []
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass  # trailers
-                            return b"".join(parts)
-                        parts.append(self.rfile.read(size))
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
-
-            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-                head = self.command == "HEAD"
-                self.send_response(status)
-                for name, value in headers:
-                    lower = name.lower()
-                    if lower in _HOP_BY_HOP or lower in ("server", "date"):
-                        continue
-                    if lower == "content-length" and not head:
-                        continue  # set below, from the body actually sent
-                    self.send_header(name, value)
-                if not head:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _handle(self) -> None:
-                body = self._body()
-                seen = Recorded(
-                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
-                )
-                with proxy._lock:
-                    proxy.requests.append(seen)
-                injected = proxy.inject(seen) if proxy.inject else None
-                if injected is not None:
-                    status, headers, payload = injected
-                    self._reply(status, list(headers.items()), payload)
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-                try:
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    response = upstream.getresponse()
-                    payload = response.read()
-                    self._reply(response.status, response.getheaders(), payload)
-                finally:
-                    upstream.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
-
-        return Handler

@@ -11,10 +11,9 @@ __all__ = ["Capabilities", "RequestStats", "Transport"]
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a transport guarantees, and the timings that suit it.
+    """What readers, writers and sessions need to know about a store, and the timings that
+    suit it. Every field is read by the core; a transport overrides the ones that differ.
 
-    ``atomic_create``: put_if_absent is exclusive and readers never see a partial object.
-    ``list_after``: list(after=...) is answered by the store, not filtered client-side.
     ``shared``: other processes (and hosts) see the same objects.
     ``linger`` / ``poll``: default writer linger and fastest reader poll, in seconds.
     ``idle_rate``: requests per second a reader may spend on a session where nothing
@@ -23,8 +22,6 @@ class Capabilities:
     (worth a thread where each request waits on a network; not for local stores).
     """
 
-    atomic_create: bool = True
-    list_after: bool = False
     shared: bool = True
     linger: float = 0.25
     poll: float = 0.05
@@ -69,11 +66,12 @@ class Transport:
     Keys are '/'-separated and relative to that location. Implementations must be
     thread-safe and translate store failures into
     :class:`~pipes_bus.TransientStoreError` or :class:`~pipes_bus.PermanentStoreError`
-    (see ``pipes_bus._errors.store_errors``). Subclass, implement the four methods, and
-    run :mod:`pipes_bus.testing.conformance` against it.
+    (see :func:`~pipes_bus.transports.store_errors`). Subclass, implement the four methods,
+    and run :mod:`pipes_bus.testing.conformance` against it. For a store of buckets
+    (``scheme://BUCKET/PREFIX``), :class:`~pipes_bus.transports.BucketTransport` holds all
+    but the store's own requests.
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ()
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, url: str, **storage_options: Any) -> None:

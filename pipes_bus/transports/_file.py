@@ -105,10 +105,7 @@ class FileTransport(Transport):
     Chunks are created with mode 0600: a follower must run as the writers' user (or root).
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("file", "local", "")
     capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True,
-        list_after=False,
         shared=True,
         linger=0.01,
         poll=0.005,

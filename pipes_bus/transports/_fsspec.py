@@ -17,12 +17,12 @@ class FsspecTransport(Transport):
     fsspec caches listings, negative answers included, so a chunk that appears after
     its folder was listed could be reported missing for good. Every filesystem here is
     built with ``use_listings_cache=False`` and ``skip_instance_cache=True``.
+
+    Creation is ``pipe_file(mode="create")``: exclusive only where the backend makes it
+    so (many create by check-then-write), which is why the cloud stores have plugins.
     """
 
-    # Many fsspec backends create by check-then-write; plugins that do better say so.
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=False, list_after=False, shared=True, linger=0.25, poll=0.05
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(shared=True, linger=0.25, poll=0.05)
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         super().__init__(url, **storage_options)

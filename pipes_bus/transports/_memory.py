@@ -20,10 +20,7 @@ _LOCK = threading.Lock()
 class MemoryTransport(Transport):
     """Objects in a process-wide dict, published under a lock."""
 
-    schemes: ClassVar[tuple[str, ...]] = ("memory",)
     capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True,
-        list_after=True,
         shared=False,
         linger=0.005,
         poll=0.001,

@@ -31,8 +31,6 @@ FSSPEC_REGISTRY = importlib.import_module("fsspec.registry")  # the module, not 
 class PluginTransport(MemoryTransport):
     """A stand-in for a third-party transport."""
 
-    schemes = ("zed",)
-
 
 @dataclass
 class FakeEntryPoint:

@@ -3,7 +3,8 @@
 The Azure SDK raises ``azure.core.exceptions`` errors carrying the HTTP status
 (``status_code``) and the storage error code (``error_code``: ``BlobNotFound``,
 ``ContainerNotFound``, ``AuthorizationFailure``, ``ServerBusy``, ...), so a missing
-container is told from a missing blob without another request.
+container is told from a missing blob without another request. The wording of the errors
+is :class:`pipes_bus.transports.BucketTransport`'s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any, Literal
 
 from azure.core import exceptions as azure_errors
 
-from pipes_bus import PermanentStoreError, StoreError, TransientStoreError
-from pipes_bus._errors import translate_store_error
+from pipes_bus import PermanentStoreError, TransientStoreError
 
-__all__ = ["Verdict", "classify", "error_code", "translate"]
+__all__ = ["Verdict", "classify", "detail", "error_code"]
 
 Verdict = Literal[
     "exists",  # a conditional create found the name taken
@@ -106,45 +106,10 @@ def classify(exc: BaseException) -> Verdict:
     return "permanent"
 
 
-def translate(
-    exc: BaseException, *, url: str, container: str, key: str | None, op: str
-) -> StoreError:
-    """The pipes_bus error for a failed Azure request, naming the URL and saying what to do."""
-    if isinstance(exc, StoreError):
-        return exc
-    where = f"{url.rstrip('/')}/{key}" if key else url
-    verdict = classify(exc)
+def detail(exc: BaseException) -> str:
+    """A failed request in a few words: the storage error code and the first line of the
+    SDK's message (the rest repeats the request and the response)."""
     code, _ = error_code(exc)
-    detail = code or type(exc).__name__
-    if verdict == "missing_bucket":
-        return PermanentStoreError(
-            f"Cannot {op} {where}: the container {container!r} does not exist. Create it or "
-            "correct the bus URL.",
-            url=url,
-            key=key,
-        )
-    if verdict == "denied":
-        return PermanentStoreError(
-            f"Cannot {op} {where}: access was refused ({detail}). Check the Azure "
-            "credentials this process uses (AZURE_STORAGE_CONNECTION_STRING, "
-            "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token, or "
-            "an Azure identity) and that they may read and write this container.",
-            url=url,
-            key=key,
-        )
-    if verdict == "transient":
-        return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({detail}: "
-            f"{_first_line(exc)}).",
-            url=url,
-            key=key,
-        )
-    error = translate_store_error(exc, url=url, key=key, op=op)
-    if isinstance(error, TransientStoreError):
-        return PermanentStoreError(str(error), url=url, key=key)
-    return error
-
-
-def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else ""
+    return f"{code or type(exc).__name__}: {first}".rstrip(": ")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import fsspec
 from fsspec.asyn import sync
 
-from pipes_bus import ConfigurationError, ObjectTooLargeError, StoreError
-from pipes_bus.transports import Capabilities, Transport
+from pipes_bus.transports import BucketTransport, Capabilities
 
-from ._errors import classify, error_code, translate
+from ._errors import classify, detail, error_code
 
 __all__ = ["AzureBlobTransport"]
 
@@ -23,6 +22,11 @@ _ADLFS_ACCOUNT_SETTINGS = (
     "account_name",
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCOUNT_NAME",
+)
+_CONFIGURE = (
+    " Configure an Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
+    "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY (or a SAS token or an Azure "
+    "identity), or pass connection_string=... / account_name=... as storage options."
 )
 
 
@@ -56,7 +60,7 @@ def _single_attempt(client: Any) -> None:
                 setattr(policy, name, 0)
 
 
-class AzureBlobTransport(Transport):
+class AzureBlobTransport(BucketTransport):
     """Objects in an Azure Blob Storage container.
 
     - Exclusive create is one Put Blob with ``If-None-Match: *``.
@@ -66,6 +70,7 @@ class AzureBlobTransport(Transport):
     - ``list`` is List Blobs with ``delimiter="/"`` and ``start_from`` (a recent service
       feature; where the service or the SDK does not support it, the listing is filtered
       here instead). Azurite accepts and ignores it.
+    - Each request is one attempt: pipes_bus's retry policy, not the SDK's, retries.
 
     Configuration is adlfs's: ``AZURE_STORAGE_CONNECTION_STRING``;
     ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY`` or
@@ -76,14 +81,15 @@ class AzureBlobTransport(Transport):
     ``account_key``, ``sas_token``, ``credential`` and ``anon``.
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("az", "abfs", "abfss")
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=True, shared=True, linger=0.25, poll=0.1
+    capabilities: ClassVar[Capabilities] = Capabilities(shared=True, linger=0.25, poll=0.1)
+    bucket_word: ClassVar[str] = "container"
+    credentials_hint: ClassVar[str] = (
+        "Check the Azure credentials this process uses (AZURE_STORAGE_CONNECTION_STRING, "
+        "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token, or an "
+        "Azure identity) and that they may read and write this container."
     )
     #: Ask the service to start listings at ``after`` (turned off on the first refusal).
     use_start_from: bool = True
-    #: Names per listing page; None leaves it to the service (up to 5,000).
-    page_size: int | None = None
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         super().__init__(url, **storage_options)
@@ -93,66 +99,38 @@ class AzureBlobTransport(Transport):
             **_cli_account(storage_options),
             **storage_options,
         }
-        try:
-            self.fs, root = fsspec.url_to_fs(url, **options)
-        except ImportError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(
-                f"Cannot open {url}: {exc}. Configure an Azure storage account: set "
-                "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
-                "AZURE_STORAGE_ACCOUNT_KEY (or a SAS token or an Azure identity), or pass "
-                "connection_string=... / account_name=... as storage options."
-            ) from exc
+        with self._opening(_CONFIGURE):
+            self.fs, _ = fsspec.url_to_fs(url, **options)
         _single_attempt(self.fs.service_client)
-        container, _, prefix = str(root).strip("/").partition("/")
-        if not container:
-            raise ConfigurationError(f"{url!r} names no container; write az://CONTAINER/PREFIX.")
-        self.container = container
-        self.prefix = prefix.strip("/")
         self._closed = False
 
-    def _key(self, key: str) -> str:
-        key = key.strip("/")
-        if not self.prefix:
-            return key
-        return f"{self.prefix}/{key}" if key else self.prefix
+    @property
+    def container(self) -> str:
+        """The container (the bucket, in :class:`BucketTransport`'s words)."""
+        return self.bucket
+
+    def _location(self, url: str) -> str:
+        # abfss://container@account.dfs.core.windows.net/prefix names the account too.
+        scheme = url.partition("://")[0]
+        return str(fsspec.get_filesystem_class(scheme)._strip_protocol(url))
 
     def _blob(self, name: str) -> Any:
         return self.fs.service_client.get_blob_client(self.container, name)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        self.stats.count("put", sent=len(data))
-        try:
-            sync(self.fs.loop, self._put, self._key(key), data)
-        except Exception as exc:
-            if classify(exc) == "exists":
-                return False
-            raise self._error(exc, key, "write") from exc
+    def _put(self, name: str, data: bytes) -> bool:
+        sync(self.fs.loop, self._upload, name, data)
         return True
 
-    async def _put(self, name: str, data: bytes) -> None:
+    async def _upload(self, name: str, data: bytes) -> None:
         # overwrite=False makes the SDK send If-None-Match: * (on the final commit, too,
         # for a blob large enough to go up in blocks).
         await self._blob(name).upload_blob(data, overwrite=False)
 
-    def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
-        try:
-            result: tuple[int, bytes | None] = sync(
-                self.fs.loop, self._get, self._key(key), max_size
-            )
-            size, data = result
-        except Exception as exc:
-            self.stats.count("get")
-            if classify(exc) == "missing_key":
-                return None
-            raise self._error(exc, key, "read") from exc
-        self.stats.count("get", received=len(data) if data is not None else 0)
-        if data is None:  # only ever with a max_size: the object is over it
-            raise ObjectTooLargeError.over_limit(self.url, key, size, max_size or 0)
-        return data
+    def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+        result: tuple[int, bytes | None] = sync(self.fs.loop, self._download, name, max_size)
+        return result
 
-    async def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+    async def _download(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
         blob = self._blob(name)
         if max_size is None:
             downloader = await blob.download_blob(max_concurrency=1)
@@ -171,51 +149,49 @@ class AzureBlobTransport(Transport):
         data = bytes(await downloader.readall())
         return len(data), data
 
-    def list(self, prefix: str, *, after: str | None = None) -> list[str]:
-        base = self._key(prefix)
-        base = f"{base}/" if base else ""
-        start = base + after if after is not None and self.use_start_from else None
+    def _list(
+        self, base: str, start_after: str | None, token: str | None
+    ) -> tuple[Iterable[str], str | None]:
+        start = start_after if self.use_start_from else None
         try:
-            found = sync(self.fs.loop, self._list, base, start)
+            page: tuple[list[str], str | None] = sync(
+                self.fs.loop, self._list_page, base, start, token
+            )
         except Exception as exc:
-            if start is not None and _start_from_refused(exc):
-                self.use_start_from = False
-                return self.list(prefix, after=after)
-            raise self._error(exc, prefix, "list") from exc
-        names = {name[len(base) :].rstrip("/") for name in found}
-        names.discard("")
-        return sorted(n for n in names if "/" not in n and (after is None or n > after))
+            if start is None or not _start_from_refused(exc):
+                raise
+            self.use_start_from = False
+            self.stats.count("list")  # the same page again, without start_from
+            page = sync(self.fs.loop, self._list_page, base, None, token)
+        return page
 
-    async def _list(self, base: str, start: str | None) -> builtins.list[str]:
+    async def _list_page(
+        self, base: str, start: str | None, token: str | None
+    ) -> tuple[list[str], str | None]:
         container = self.fs.service_client.get_container_client(self.container)
         options: dict[str, Any] = {"name_starts_with": base or None, "delimiter": "/"}
         if self.page_size is not None:
             options["results_per_page"] = self.page_size
         if start is not None:
-            options["start_from"] = start  # inclusive; `after` itself is dropped by list()
-        names: builtins.list[str] = []
-        pages = container.walk_blobs(**options).by_page()
-        self.stats.count("list")
-        first = True
+            options["start_from"] = start  # inclusive; the base drops `after` itself
+        pages = container.walk_blobs(**options).by_page(continuation_token=token)
+        names: list[str] = []
         async for page in pages:
-            if not first:
-                self.stats.count("list")
-            first = False
-            async for item in page:
-                names.append(item.name)
-        return names
+            names.extend([item.name async for item in page])
+            break  # one request: the base asks for the next page with the token
+        return names, pages.continuation_token
 
-    def delete(self, key: str) -> None:
-        self.stats.count("delete")
-        try:
-            sync(self.fs.loop, self._delete, self._key(key))
-        except Exception as exc:
-            if classify(exc) == "missing_key":
-                return
-            raise self._error(exc, key, "delete") from exc
+    def _delete(self, name: str) -> None:
+        sync(self.fs.loop, self._remove, name)
 
-    async def _delete(self, name: str) -> None:
+    async def _remove(self, name: str) -> None:
         await self._blob(name).delete_blob()
+
+    def _classify(self, exc: BaseException) -> str:
+        return classify(exc)
+
+    def _detail(self, exc: BaseException) -> str:
+        return detail(exc)
 
     def close(self) -> None:
         """Close this transport's service client and its connections."""
@@ -227,9 +203,6 @@ class AzureBlobTransport(Transport):
             # Best effort, as adlfs's own finalizer.
             with contextlib.suppress(Exception):
                 sync(self.fs.loop, client.close, timeout=5)
-
-    def _error(self, exc: BaseException, key: str | None, op: str) -> StoreError:
-        return translate(exc, url=self.url, container=self.container, key=key or None, op=op)
 
 
 def _total_size(properties: Any) -> int:

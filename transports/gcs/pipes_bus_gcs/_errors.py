@@ -4,8 +4,9 @@ gcsfs raises ``FileNotFoundError`` for every 404 (a missing object and a missing
 alike), ``FileExistsError`` for 412, ``OSError("Forbidden: ...")`` for 403,
 ``ValueError("Bad Request: ...")`` for invalid requests, ``requests``' ``ProxyError`` for
 502 and ``gcsfs.retry.HttpError`` (with ``.code``) for the rest, after its own retries of
-429 and 5xx. The transport tells a missing bucket from a missing object with one extra
-request, once (see ``GCSTransport``).
+429 and 5xx (turned off by the transport: see ``_single_attempt``). The transport tells a
+missing bucket from a missing object with one extra request, once (see ``GCSTransport``).
+The wording of the errors is :class:`pipes_bus.transports.BucketTransport`'s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import asyncio
 import errno
 from typing import Literal
 
-from pipes_bus import PermanentStoreError, StoreError, TransientStoreError
-from pipes_bus._errors import translate_store_error
+from pipes_bus import PermanentStoreError, TransientStoreError
 
-__all__ = ["Verdict", "classify", "status_of", "translate"]
+__all__ = ["Verdict", "classify", "status_of"]
 
 Verdict = Literal[
     "exists",  # a conditional create found the name taken (412)
@@ -94,49 +94,3 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, ValueError):
         return "permanent"  # gcsfs's "Bad Request: ..." (an invalid name, for instance)
     return "permanent"
-
-
-def translate(exc: BaseException, *, url: str, bucket: str, key: str | None, op: str) -> StoreError:
-    """The pipes_bus error for a failed GCS request, naming the URL and saying what to do."""
-    if isinstance(exc, StoreError):
-        return exc
-    where = f"{url.rstrip('/')}/{key}" if key else url
-    verdict = classify(exc)
-    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    if verdict == "missing":
-        return missing_bucket(url=url, bucket=bucket, key=key, op=op)
-    if verdict == "denied":
-        return PermanentStoreError(
-            f"Cannot {op} {where}: access was refused ({_short(detail)}). Check the Google "
-            "credentials this process uses (GOOGLE_APPLICATION_CREDENTIALS, gcloud's "
-            "application-default login, or the machine's service account; token='anon' "
-            "for an emulator) and that they may read and write this location.",
-            url=url,
-            key=key,
-        )
-    if verdict == "transient":
-        return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({_short(detail)}).",
-            url=url,
-            key=key,
-        )
-    error = translate_store_error(exc, url=url, key=key, op=op)
-    if isinstance(error, TransientStoreError):
-        return PermanentStoreError(str(error), url=url, key=key)
-    return error
-
-
-def missing_bucket(*, url: str, bucket: str, key: str | None, op: str) -> PermanentStoreError:
-    """The error for a bucket that does not exist (or that these credentials cannot see)."""
-    where = f"{url.rstrip('/')}/{key}" if key else url
-    return PermanentStoreError(
-        f"Cannot {op} {where}: the bucket {bucket!r} does not exist, or these credentials "
-        "cannot see it. Create the bucket or correct the bus URL.",
-        url=url,
-        key=key,
-    )
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,16 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import types
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import fsspec
 import fsspec.config
 from fsspec.asyn import sync
 
-from pipes_bus import ConfigurationError, ObjectTooLargeError, StoreError
-from pipes_bus.transports import Capabilities, Transport
+from pipes_bus.transports import BucketTransport, Capabilities
 
-from ._errors import classify, missing_bucket, status_of, translate
+from ._errors import classify, status_of
 
 __all__ = ["GCSTransport"]
 
@@ -57,7 +57,7 @@ def _configured(option: str) -> bool:
     return any(option in fsspec.config.conf.get(proto, {}) for proto in ("gs", "gcs"))
 
 
-class GCSTransport(Transport):
+class GCSTransport(BucketTransport):
     """Objects in a Google Cloud Storage bucket.
 
     - Exclusive create is a simple upload with ``ifGenerationMatch=0`` (one request),
@@ -67,6 +67,7 @@ class GCSTransport(Transport):
     - GCS answers 404 alike for a missing object and a missing bucket; the first 404
       costs one extra listing request to tell them apart, and once the bucket is known
       to exist a miss is one GET.
+    - Each request is one attempt: pipes_bus's retry policy, not gcsfs's, retries.
 
     Configuration is gcsfs's: ``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's default login
     or the machine's service account; ``STORAGE_EMULATOR_HOST`` for an emulator (then
@@ -74,12 +75,12 @@ class GCSTransport(Transport):
     storage options such as ``project``, ``token`` and ``endpoint_url``.
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("gs", "gcs")
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=True, shared=True, linger=0.25, poll=0.1
+    capabilities: ClassVar[Capabilities] = Capabilities(shared=True, linger=0.25, poll=0.1)
+    credentials_hint: ClassVar[str] = (
+        "Check the Google credentials this process uses (GOOGLE_APPLICATION_CREDENTIALS, "
+        "gcloud's application-default login, or the machine's service account; "
+        "token='anon' for an emulator) and that they may read and write this location."
     )
-    #: Objects per listing page (GCS allows up to 1000).
-    page_size: ClassVar[int] = 1000
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         super().__init__(url, **storage_options)
@@ -91,63 +92,21 @@ class GCSTransport(Transport):
         if _emulated() and "token" not in options and not _configured("token"):
             options["token"] = "anon"
         cls = _filesystem_class()
-        try:
+        with self._opening():
             self.fs = cls(**{**cls._get_kwargs_from_urls(url), **options})
-            root = cls._strip_protocol(url)
-        except ImportError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(f"Cannot open {url}: {type(exc).__name__}: {exc}") from exc
         _single_attempt(self.fs)
-        bucket, _, prefix = str(root).strip("/").partition("/")
-        if not bucket:
-            raise ConfigurationError(f"{url!r} names no bucket; write gs://BUCKET/PREFIX.")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self._bucket_exists = False
         self._closed = False
 
-    def _key(self, key: str) -> str:
-        key = key.strip("/")
-        if not self.prefix:
-            return key
-        return f"{self.prefix}/{key}" if key else self.prefix
-
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        self.stats.count("put", sent=len(data))
+    def _put(self, name: str, data: bytes) -> bool:
         options = {"chunksize": len(data) + 1} if len(data) < _SIMPLE_UPLOAD_LIMIT else {}
-        try:
-            self.fs.pipe_file(f"{self.bucket}/{self._key(key)}", data, mode="create", **options)
-        except Exception as exc:
-            verdict = classify(exc)
-            if verdict == "exists":
-                self._bucket_exists = True
-                return False
-            if verdict == "missing":  # an upload 404s only for a missing bucket
-                raise missing_bucket(url=self.url, bucket=self.bucket, key=key, op="write") from exc
-            raise self._error(exc, key, "write") from exc
-        self._bucket_exists = True
+        self.fs.pipe_file(f"{self.bucket}/{name}", data, mode="create", **options)
         return True
 
-    def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
-        try:
-            result: tuple[int, bytes | None] = sync(
-                self.fs.loop, self._get, self._key(key), max_size
-            )
-            size, data = result
-        except Exception as exc:
-            self.stats.count("get")
-            if classify(exc) == "missing":
-                self._check_bucket(key, "read", exc)
-                return None
-            raise self._error(exc, key, "read") from exc
-        self.stats.count("get", received=len(data) if data is not None else 0)
-        self._bucket_exists = True
-        if data is None:  # only ever with a max_size: the object is over it
-            raise ObjectTooLargeError.over_limit(self.url, key, size, max_size or 0)
-        return data
+    def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+        result: tuple[int, bytes | None] = sync(self.fs.loop, self._download, name, max_size)
+        return result
 
-    async def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+    async def _download(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
         url = self.fs.url(f"{self.bucket}/{name}")
         if max_size is None:
             _, data = await self.fs._call("GET", url)
@@ -165,70 +124,39 @@ class GCSTransport(Transport):
             return max(size, len(data)), None
         return len(data), bytes(data)
 
-    def list(self, prefix: str, *, after: str | None = None) -> list[str]:
-        base = self._key(prefix)
-        base = f"{base}/" if base else ""
+    def _list(
+        self, base: str, start_after: str | None, token: str | None
+    ) -> tuple[Iterable[str], str | None]:
         params: dict[str, Any] = {
             "prefix": base,
             "delimiter": "/",
-            "maxResults": self.page_size,
+            "maxResults": self.page_size or 1000,
             "fields": "items(name),prefixes,nextPageToken",
         }
-        if after is not None:
-            params["startOffset"] = base + after  # inclusive; `after` itself is dropped below
-        names: set[str] = set()
-        while True:
-            self.stats.count("list")
-            try:
-                page = self.fs.call("GET", "b/{}/o", self.bucket, json_out=True, **params)
-            except Exception as exc:
-                if classify(exc) == "missing":  # listing 404s only for a missing bucket
-                    raise missing_bucket(
-                        url=self.url, bucket=self.bucket, key=prefix, op="list"
-                    ) from exc
-                raise self._error(exc, prefix, "list") from exc
-            self._bucket_exists = True
-            for item in page.get("items", ()):
-                names.add(item["name"][len(base) :])
-            for folder in page.get("prefixes", ()):
-                names.add(folder[len(base) :].rstrip("/"))
-            token = page.get("nextPageToken")
-            if not token:
-                break
+        if start_after is not None:
+            params["startOffset"] = start_after  # inclusive; the base drops `after` itself
+        if token:
             params["pageToken"] = token
-        names.discard("")
-        return sorted(n for n in names if "/" not in n and (after is None or n > after))
+        page = self.fs.call("GET", "b/{}/o", self.bucket, json_out=True, **params)
+        names = [item["name"] for item in page.get("items", ())]
+        return [*names, *page.get("prefixes", ())], page.get("nextPageToken")
 
-    def delete(self, key: str) -> None:
-        self.stats.count("delete")
-        try:
-            self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._key(key))
-        except Exception as exc:
-            if classify(exc) == "missing":
-                self._check_bucket(key, "delete", exc)
-                return
-            raise self._error(exc, key, "delete") from exc
+    def _delete(self, name: str) -> None:
+        self.fs.call("DELETE", "b/{}/o/{}", self.bucket, name)
 
-    def _check_bucket(self, key: str, op: str, cause: BaseException) -> None:
-        """After a 404, raise if it was the bucket that is missing; check only once."""
-        if self._bucket_exists:
-            return
-        self.stats.count("list")
-        try:
-            self.fs.call(
-                "GET",
-                "b/{}/o",
-                self.bucket,
-                json_out=True,
-                prefix=self._key(key),
-                maxResults=1,
-                fields="nextPageToken",
-            )
-        except Exception as exc:
-            if classify(exc) == "missing":
-                raise missing_bucket(url=self.url, bucket=self.bucket, key=key, op=op) from cause
-            return  # cannot tell (e.g. no list permission): take the 404 as "no object"
-        self._bucket_exists = True
+    def _probe_bucket(self, name: str) -> None:
+        self.fs.call(
+            "GET",
+            "b/{}/o",
+            self.bucket,
+            json_out=True,
+            prefix=name,
+            maxResults=1,
+            fields="nextPageToken",
+        )
+
+    def _classify(self, exc: BaseException) -> str:
+        return classify(exc)
 
     def close(self) -> None:
         """Close this transport's HTTP session."""
@@ -240,9 +168,6 @@ class GCSTransport(Transport):
             # Best effort, as gcsfs's own finalizer.
             with contextlib.suppress(Exception):
                 sync(self.fs.loop, session.close, timeout=5)
-
-    def _error(self, exc: BaseException, key: str | None, op: str) -> StoreError:
-        return translate(exc, url=self.url, bucket=self.bucket, key=key or None, op=op)
 
 
 def _total_size(headers: Any, received: int) -> int:

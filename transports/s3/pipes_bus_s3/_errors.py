@@ -4,7 +4,9 @@ s3fs turns botocore's ``ClientError`` into ``OSError`` subclasses (``FileNotFoun
 for both a missing key and a missing bucket, ``OSError(EBUSY)`` for 409, 503 and SlowDown)
 and keeps the original as ``__cause__``. The S3 error code and HTTP status are read from
 there, so a missing bucket is never mistaken for a missing key, and a conditional-write
-conflict (409) is retried rather than reported as "exists".
+conflict (409) is retried rather than reported as "exists". :func:`verdict` holds what S3's
+codes mean, for any client; :func:`classify` reads them out of s3fs's and botocore's errors.
+The wording of the errors is :class:`pipes_bus.transports.BucketTransport`'s.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from typing import Any, Literal
 
 import botocore.exceptions
 
-from pipes_bus import PermanentStoreError, StoreError, TransientStoreError
-from pipes_bus._errors import translate_store_error
+from pipes_bus import PermanentStoreError, TransientStoreError
 
-__all__ = ["Verdict", "classify", "error_code", "translate"]
+__all__ = ["Verdict", "classify", "detail", "error_code", "verdict"]
 
 Verdict = Literal[
     "exists",  # a conditional create found the key taken
@@ -106,30 +107,44 @@ def error_code(exc: BaseException) -> tuple[str | None, int | None]:
     return None, None
 
 
+def verdict(code: str | None, status: int | None) -> Verdict | None:
+    """What an S3 error code and HTTP status mean, whichever client received them; None
+    when there is neither (the request got no answer from S3)."""
+    if code == "PreconditionFailed":
+        return "exists"
+    if code in _MISSING_BUCKET:
+        return "missing_bucket"
+    if code in _MISSING_KEY:
+        return "missing_key"
+    if code in _CONFLICT or status == 409:
+        return "conflict"
+    if code in _DENIED or status in (401, 403):
+        return "denied"
+    if code in _TRANSIENT or (status is not None and (status >= 500 or status in (408, 429))):
+        return "transient"
+    return "permanent" if code is not None else None
+
+
 def classify(exc: BaseException) -> Verdict:
-    """What a failure of an S3 request means for pipes_bus."""
+    """What a failure of an S3 request (through s3fs and botocore) means for pipes_bus."""
     if isinstance(exc, TransientStoreError):
         return "transient"
     if isinstance(exc, PermanentStoreError):
         return "permanent"
-    code, status = error_code(exc)
-    if isinstance(exc, FileExistsError) or code == "PreconditionFailed":
+    if isinstance(exc, FileExistsError):
         return "exists"
-    if code in _MISSING_BUCKET:
-        return "missing_bucket"
-    if code in _MISSING_KEY or (code is None and isinstance(exc, FileNotFoundError)):
+    answer = verdict(*error_code(exc))
+    if answer is not None:
+        return answer
+    # No answer from S3 to go by: the client's own failure.
+    if isinstance(exc, FileNotFoundError):
         return "missing_key"
-    if code in _CONFLICT or status == 409:
-        return "conflict"
-    if code in _DENIED or status in (401, 403) or isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError):
         return "denied"
-    if any(isinstance(link, _NO_CREDENTIALS) for link in _chain(exc)):
+    chain = _chain(exc)
+    if any(isinstance(link, _NO_CREDENTIALS) for link in chain):
         return "denied"
-    if code in _TRANSIENT or (status is not None and (status >= 500 or status in (408, 429))):
-        return "transient"
-    if code is not None:
-        return "permanent"
-    for link in _chain(exc):
+    for link in chain:
         if isinstance(link, _TRANSIENT_TYPES):
             return "transient"
         if isinstance(link, OSError) and link.errno in _TRANSIENT_ERRNOS:
@@ -142,44 +157,11 @@ def classify(exc: BaseException) -> Verdict:
     return "permanent"
 
 
-def translate(exc: BaseException, *, url: str, bucket: str, key: str | None, op: str) -> StoreError:
-    """The pipes_bus error for a failed S3 request, naming the URL and saying what to do."""
-    if isinstance(exc, StoreError):
-        return exc
-    where = f"{url.rstrip('/')}/{key}" if key else url
-    verdict = classify(exc)
+def detail(exc: BaseException) -> str:
+    """A failed request in a few words: S3's error code and message where there are some."""
     code, _ = error_code(exc)
-    detail = f"{code or type(exc).__name__}: {_message(exc)}".rstrip(": ")
-    if verdict == "missing_bucket":
-        return PermanentStoreError(
-            f"Cannot {op} {where}: the bucket {bucket!r} does not exist, or these credentials "
-            "cannot see it. Create the bucket or correct the bus URL.",
-            url=url,
-            key=key,
-        )
-    if verdict == "denied":
-        return PermanentStoreError(
-            f"Cannot {op} {where}: access was refused ({detail}). Check the AWS credentials "
-            "this process uses (AWS_PROFILE, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-            "its role) and that they may read and write this location.",
-            url=url,
-            key=key,
-        )
-    if verdict in ("conflict", "transient"):
-        return TransientStoreError(
-            f"Cannot {op} {where}: the store had a transient failure ({detail}).",
-            url=url,
-            key=key,
-        )
-    if verdict == "permanent" and code is not None:
-        return PermanentStoreError(
-            f"Cannot {op} {where}: S3 refused the request ({detail}).", url=url, key=key
-        )
-    # No S3 code to go by: let the core's generic rules decide, with its wording.
-    error = translate_store_error(exc, url=url, key=key, op=op)
-    if verdict == "permanent" and isinstance(error, TransientStoreError):
-        return PermanentStoreError(str(error), url=url, key=key)
-    return error
+    text = f"{code or type(exc).__name__}: {_message(exc)}".rstrip(": ")
+    return " ".join(text.split())
 
 
 def _message(exc: BaseException) -> str:

@@ -3,40 +3,40 @@
 from __future__ import annotations
 
 import contextlib
-import random
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import fsspec
 from fsspec.asyn import sync
 
-from pipes_bus import ConfigurationError, ObjectTooLargeError, StoreError
-from pipes_bus.transports import Capabilities, Transport
+from pipes_bus.transports import BucketTransport, Capabilities
 
-from ._errors import classify, translate
+from ._errors import classify, detail, error_code
 
 __all__ = ["S3Transport"]
 
 
-class S3Transport(Transport):
+class S3Transport(BucketTransport):
     """Objects in an S3 bucket (AWS, or any S3-compatible server).
 
     - Exclusive create is a conditional PUT (``If-None-Match: *``, one request). A 409
       ``ConditionalRequestConflict`` (a concurrent conditional write in flight) is
       retried here a few times, then raised as ``TransientStoreError``.
     - ``get`` is one GET, never a HEAD or a listing first, so a key that appears after
-      a miss is seen at once; over ``max_size`` the body is closed unread.
+      a miss is seen at once; with ``max_size``, a ranged GET of ``max_size + 1`` bytes
+      whose body is closed unread when the object is larger.
     - ``list`` is ListObjectsV2 with ``Delimiter="/"`` and ``StartAfter``, page by page.
 
     Configuration is boto's: ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``), ``AWS_*``
     credentials and profiles, ``FSSPEC_S3_*``, or s3fs storage options such as
     ``endpoint_url``, ``key``/``secret``, ``profile``, ``anon`` and ``client_kwargs``.
+    botocore's and s3fs's own retries are as they configure them (``AWS_MAX_ATTEMPTS``).
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("s3", "s3a")
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        atomic_create=True, list_after=True, shared=True, linger=0.25, poll=0.05
+    capabilities: ClassVar[Capabilities] = Capabilities(shared=True, linger=0.25, poll=0.05)
+    credentials_hint: ClassVar[str] = (
+        "Check the AWS credentials this process uses (AWS_PROFILE, AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or its role) and that they may read and write this location."
     )
     #: Attempts at one conditional PUT while S3 answers 409 ConditionalRequestConflict.
     conflict_attempts: ClassVar[int] = 5
@@ -44,109 +44,62 @@ class S3Transport(Transport):
     def __init__(self, url: str, **storage_options: Any) -> None:
         super().__init__(url, **storage_options)
         options = {"use_listings_cache": False, "skip_instance_cache": True, **storage_options}
-        try:
-            self.fs, root = fsspec.url_to_fs(url, **options)
-        except ImportError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(f"Cannot open {url}: {type(exc).__name__}: {exc}") from exc
-        bucket, _, prefix = root.strip("/").partition("/")
-        if not bucket:
-            raise ConfigurationError(f"{url!r} names no bucket; write s3://BUCKET/PREFIX.")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        #: How conflict retries wait; replaceable in tests.
-        self.sleep: Callable[[float], None] = time.sleep
+        with self._opening():
+            self.fs, _ = fsspec.url_to_fs(url, **options)
         self._closed = False
 
-    def _key(self, key: str) -> str:
-        key = key.strip("/")
-        if not self.prefix:
-            return key
-        return f"{self.prefix}/{key}" if key else self.prefix
+    def _put(self, name: str, data: bytes) -> bool:
+        self.fs.pipe_file(f"{self.bucket}/{name}", data, mode="create")
+        return True
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        path = f"{self.bucket}/{self._key(key)}"
-        attempt = 0
-        while True:
-            attempt += 1
-            self.stats.count("put", sent=len(data))
-            try:
-                self.fs.pipe_file(path, data, mode="create")
-            except Exception as exc:
-                verdict = classify(exc)
-                if verdict == "exists":
-                    return False
-                if verdict == "conflict" and attempt < self.conflict_attempts:
-                    # Another conditional write to this key is in flight; its outcome
-                    # decides ours, usually within milliseconds.
-                    self.sleep(random.uniform(0.5, 1.0) * 0.025 * 2**attempt)
-                    continue
-                raise self._error(exc, key, "write") from exc
-            return True
+    def _get(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+        result: tuple[int, bytes | None] = sync(self.fs.loop, self._get_object, name, max_size)
+        return result
 
-    def get(self, key: str, *, max_size: int | None = None) -> bytes | None:
+    async def _get_object(self, name: str, max_size: int | None) -> tuple[int, bytes | None]:
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        if max_size is not None:
+            request["Range"] = f"bytes=0-{max_size}"
         try:
-            result: tuple[int, bytes | None] = sync(
-                self.fs.loop, self._get, self._key(key), max_size
-            )
-            size, data = result
+            response = await self.fs._call_s3("get_object", **request)
         except Exception as exc:
-            self.stats.count("get")
-            if classify(exc) == "missing_key":
-                return None
-            raise self._error(exc, key, "read") from exc
-        self.stats.count("get", received=len(data) if data is not None else 0)
-        if data is None:  # only ever with a max_size: the object is over it
-            raise ObjectTooLargeError.over_limit(self.url, key, size, max_size or 0)
-        return data
-
-    async def _get(self, s3_key: str, max_size: int | None) -> tuple[int, bytes | None]:
-        response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=s3_key)
+            code, status = error_code(exc)
+            if max_size is not None and (status == 416 or code == "InvalidRange"):
+                return 0, b""  # no byte 0: the object is empty
+            raise
         body = response["Body"]
         try:
-            size = response.get("ContentLength")
+            size = _total_size(response)
             if max_size is not None and size is not None and size > max_size:
                 return size, None  # closed below, unread
             data = bytes(await body.read())
         finally:
             body.close()
-        if max_size is not None and len(data) > max_size:
-            return len(data), None
         return len(data), data
 
-    def list(self, prefix: str, *, after: str | None = None) -> list[str]:
-        base = self._key(prefix)
-        base = f"{base}/" if base else ""
+    def _list(
+        self, base: str, start_after: str | None, token: str | None
+    ) -> tuple[Iterable[str], str | None]:
         request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
-        if after is not None:
-            request["StartAfter"] = base + after
-        names: set[str] = set()
-        while True:
-            self.stats.count("list")
-            try:
-                page = self.fs.call_s3("list_objects_v2", **request)
-            except Exception as exc:
-                raise self._error(exc, prefix, "list") from exc
-            for item in page.get("Contents", ()):
-                names.add(item["Key"][len(base) :])
-            for folder in page.get("CommonPrefixes", ()):
-                names.add(folder["Prefix"][len(base) :].rstrip("/"))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                break
+        if start_after is not None:
+            request["StartAfter"] = start_after
+        if token:
             request["ContinuationToken"] = token
-        names.discard("")
-        return sorted(n for n in names if "/" not in n and (after is None or n > after))
+        if self.page_size is not None:
+            request["MaxKeys"] = self.page_size
+        page = self.fs.call_s3("list_objects_v2", **request)
+        names = [item["Key"] for item in page.get("Contents", ())]
+        names += [folder["Prefix"] for folder in page.get("CommonPrefixes", ())]
+        return names, page.get("NextContinuationToken") if page.get("IsTruncated") else None
 
-    def delete(self, key: str) -> None:
-        self.stats.count("delete")
-        try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
-            if classify(exc) == "missing_key":
-                return
-            raise self._error(exc, key, "delete") from exc
+    def _delete(self, name: str) -> None:
+        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=name)
+
+    def _classify(self, exc: BaseException) -> str:
+        return classify(exc)
+
+    def _detail(self, exc: BaseException) -> str:
+        return detail(exc)
 
     def close(self) -> None:
         """Close this transport's S3 client and its connections."""
@@ -160,5 +113,13 @@ class S3Transport(Transport):
                 type(self.fs).close_session(self.fs.loop, creator)
             self.fs._s3 = None
 
-    def _error(self, exc: BaseException, key: str | None, op: str) -> StoreError:
-        return translate(exc, url=self.url, bucket=self.bucket, key=key or None, op=op)
+
+def _total_size(response: dict[str, Any]) -> int | None:
+    """The object's size: from ``ContentRange: bytes 0-N/TOTAL`` on a ranged read."""
+    content_range = response.get("ContentRange")
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        if total.isdigit():
+            return int(total)
+    size = response.get("ContentLength")
+    return int(size) if size is not None else None
