@@ -19,16 +19,18 @@ for version in "${versions[@]}"; do
     trap 'rm -rf "$work"' EXIT
     echo "-- Python $("$python" -c 'import platform; print(platform.python_version())')"
     "$python" -m venv "$work/venv"
-    "$work/venv/bin/pip" install -q ".[cli]" pytest pytest-timeout hypothesis
+    "$work/venv/bin/pip" install -q ".[cli]" pytest pytest-timeout pytest-xdist hypothesis
     "$work/venv/bin/python" -c "import pipes_bus, msgspec; print('pipes_bus', pipes_bus.__version__, 'msgspec', msgspec.__version__)"
     "$work/venv/bin/python" docs/gen_schema.py --check
     "$work/venv/bin/pipes-bus" run -q --bus "$work/bus" -- "$work/venv/bin/python" docs/examples/hello.py
-    # The installed package, not the source tree: run from elsewhere.
-    (cd "$work" && "$work/venv/bin/python" -m pytest -q -p no:cacheprovider \
+    # The installed package, not the source tree: run from elsewhere, with only the tests
+    # (their shared helpers are imported as `tests.helpers`) on the path.
+    mkdir "$work/src" && ln -s "$PWD/tests" "$work/src/tests"
+    (cd "$work" && PYTHONPATH="$work/src" "$work/venv/bin/python" -m pytest -q -p no:cacheprovider \
         --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" \
-        "$OLDPWD"/tests/test_chunk.py "$OLDPWD"/tests/test_writer.py \
-        "$OLDPWD"/tests/test_reader.py "$OLDPWD"/tests/test_log_properties.py \
-        "$OLDPWD"/tests/test_schema.py)
+        "$OLDPWD"/tests/wire/test_chunk.py "$OLDPWD"/tests/log/test_writer.py \
+        "$OLDPWD"/tests/log/test_reader.py "$OLDPWD"/tests/log/test_properties.py \
+        "$OLDPWD"/tests/wire/test_schema.py)
     rm -rf "$work"
     trap - EXIT
 done

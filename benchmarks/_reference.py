@@ -22,6 +22,7 @@ What is measured, without changing the reference's behaviour:
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset's annotations as objects.
+import importlib.util
 import json
 import logging
 import sys
@@ -33,6 +34,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_WORKLOAD = HERE / "reference_workload.py"
+# Dagster is an optional benchmark dependency (pip install -e ".[bench]").
+HAVE_DAGSTER = all(importlib.util.find_spec(m) for m in ("dagster", "dagster_pipes", "dagster_aws"))
 
 
 @dataclass

@@ -1,20 +1,27 @@
-"""Worker programs that the end-to-end benchmarks launch under ``pipes-bus run``.
+"""Worker programs the end-to-end scenarios launch under ``pipes-bus run``.
 
 Each subcommand uses only the worker API (``pipes_bus.open_worker``), as a user's job
-would. With ``--report FILE`` the program writes one JSON object about itself once its
-writer has closed: messages sent, seconds spent emitting, and its peak RSS.
+would. With ``--report FILE`` it writes one JSON object once its writer has closed:
+messages sent, seconds spent emitting, its peak RSS, and what else it noted.
 
-    burst   --count N               N custom messages {"i": i}, as fast as possible
-    trickle --rate R --seconds S    R messages/s {"i": i, "t": time.time() at emit}
-    fanin   --procs P --count N     P processes (multiprocessing), each its own writer
-                                    labelled "rank r", each N messages {"r": r, "i": i}
-            [--rate R] [--pad B]    ... at R messages/s each (0: flat out), B filler characters
-            [--preload MODULE]      import MODULE (a transport plugin) before forking
-    stream  --count N --size B      N messages {"i": i, "data": B characters}
-    idle    --procs P --until T     P processes open a writer each, report nothing until the
-                                    Unix time T, then close
-    unencodable --count N           N messages, one payload nothing can encode (it raises at
-                                    the call and is skipped), N more: 2N messages delivered
+    burst --count N              N custom messages {"i": i}, as fast as possible
+    trickle --rate R --seconds S R messages/s {"i": i, "t": time.time() at emit}
+    stream --count N --size B    N messages {"i": i, "data": B characters}
+    fanin --procs P --count N    P processes (multiprocessing, fork), each its own writer
+          [--rate R] [--pad B]   "rank r" sending N messages {"r": r, "i": i}, at R/s each
+                                 (0: flat out), with B filler characters
+    idle --procs P --until T     P processes open a writer each, report nothing until the
+                                 Unix time T, then close
+    unencodable --count N        N messages, one payload nothing can encode (it raises at
+                                 the call and is skipped), N more: 2N delivered
+    sessions --envs FILE         one writer per session environment in FILE (a JSON list),
+          --count N --interval S all in this process: each reports N messages {"i": i,
+                                 "t": time.time()}, one every S seconds, then closes
+    cancelled                    opens a writer, prints "ready", waits; when the session
+                                 is cancelled, prints the Unix time pipes_bus.Cancelled
+                                 was raised in the main thread, and exits as on SIGTERM
+    fanin and idle take --preload MODULE: a transport plugin imported before forking, so
+    that each child does not import the cloud SDK again.
 """
 
 from __future__ import annotations
@@ -26,8 +33,20 @@ import multiprocessing
 import resource
 import sys
 import time
+from typing import Any
 
 import pipes_bus
+
+NOTES: dict[str, Any] = {}  # what a workload adds to its --report
+
+
+def _paced(count: int, rate: float) -> Any:
+    """0..count-1, each yielded at its time when ``rate`` (messages/s) is given."""
+    start = time.monotonic()
+    for i in range(count):
+        if rate > 0:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        yield i
 
 
 def burst(count: int) -> int:
@@ -41,56 +60,9 @@ def burst(count: int) -> int:
 def trickle(rate: float, seconds: float) -> int:
     count = int(rate * seconds)
     with pipes_bus.open_worker() as worker:
-        start = time.monotonic()
-        for i in range(count):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        for i in _paced(count, rate):
             worker.report_custom_message({"i": i, "t": time.time()})
     return count
-
-
-def _rank(rank: int, count: int, rate: float = 0.0, pad: int = 0) -> None:
-    with pipes_bus.open_worker(label=f"rank {rank}") as worker:
-        report = worker.report_custom_message
-        if rate <= 0 and not pad:
-            for i in range(count):
-                report({"r": rank, "i": i})
-            return
-        filler = "x" * pad
-        start = time.monotonic()
-        for i in range(count):
-            if rate > 0:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            report({"r": rank, "i": i, "v": filler})
-
-
-def fanin(
-    procs: int,
-    count: int,
-    start_method: str,
-    rate: float = 0.0,
-    pad: int = 0,
-    preload: list[str] | None = None,
-) -> int:
-    for module in preload or ():
-        # Forked children inherit it: each does not pay the cloud SDK's import again.
-        importlib.import_module(module)
-    ctx = multiprocessing.get_context(start_method)
-    children = [
-        ctx.Process(target=_rank, args=(r, count, rate, pad))  # type: ignore[attr-defined]
-        for r in range(procs)
-    ]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join()
-    failed = [c.exitcode for c in children if c.exitcode != 0]
-    if failed:
-        raise SystemExit(f"{len(failed)} of {procs} processes failed (exit codes {failed[:5]})")
-    return procs * count
 
 
 def stream(count: int, size: int) -> int:
@@ -102,95 +74,123 @@ def stream(count: int, size: int) -> int:
     return count
 
 
+def _rank(rank: int, count: int, rate: float, pad: int) -> None:
+    with pipes_bus.open_worker(label=f"rank {rank}") as worker:
+        report = worker.report_custom_message
+        if rate <= 0 and not pad:
+            for i in range(count):
+                report({"r": rank, "i": i})
+            return
+        filler = "x" * pad
+        for i in _paced(count, rate):
+            report({"r": rank, "i": i, "v": filler})
+
+
 def _idle(rank: int, until: float) -> None:
     with pipes_bus.open_worker(label=f"idle {rank}"):
         time.sleep(max(0.0, until - time.time()))
 
 
-def idle(procs: int, until: float, preload: list[str] | None = None) -> int:
-    for module in preload or ():
-        importlib.import_module(module)
+def children(target: Any, procs: int, *args: Any) -> None:
+    """Run ``target(rank, *args)`` in ``procs`` forked processes; fail if any did."""
     ctx = multiprocessing.get_context("fork")
-    children = [ctx.Process(target=_idle, args=(r, until)) for r in range(procs)]
-    for child in children:
+    started = [ctx.Process(target=target, args=(r, *args)) for r in range(procs)]
+    for child in started:
         child.start()
-    for child in children:
+    for child in started:
         child.join()
-    failed = [c.exitcode for c in children if c.exitcode != 0]
+    failed = [c.exitcode for c in started if c.exitcode != 0]
     if failed:
         raise SystemExit(f"{len(failed)} of {procs} processes failed (exit codes {failed[:5]})")
-    return 0
-
-
-# Anything a workload wants in its --report besides the standard fields.
-EXTRA: dict[str, object] = {}
 
 
 def unencodable(count: int) -> int:
-    raised = None
     with pipes_bus.open_worker() as worker:
         for i in range(count):
             worker.report_custom_message({"i": i})
         try:
             worker.report_custom_message({"i": -1, "value": object()})
         except pipes_bus.EncodeError as exc:
-            raised = f"{type(exc).__name__}: {exc}"
+            NOTES["raised_at_call"] = f"{type(exc).__name__}: {exc}"
         for i in range(count, 2 * count):
             worker.report_custom_message({"i": i})
-    EXTRA["raised_at_call"] = raised
     return 2 * count
 
 
-def main(argv: list[str] | None = None) -> None:
+def sessions(envs: str, count: int, interval: float) -> int:
+    with open(envs) as f:
+        environments = json.load(f)
+    workers = [pipes_bus.open_worker(env=env) for env in environments]
+    try:
+        for i in _paced(count, 1 / interval):
+            for worker in workers:
+                worker.report_custom_message({"i": i, "t": time.time()})
+    finally:
+        for worker in workers:
+            worker.close()
+    return count * len(workers)
+
+
+def cancelled() -> int:
+    with pipes_bus.open_worker():
+        print("ready", flush=True)
+        try:
+            while True:
+                time.sleep(0.01)
+        except pipes_bus.Cancelled:
+            print(f"{time.time():.6f}", flush=True)
+            raise
+    return 0  # not reached: the worker is cancelled
+
+
+def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--report", metavar="FILE", help="write a JSON summary here at the end")
     sub = p.add_subparsers(dest="workload", required=True)
-    s = sub.add_parser("burst")
-    s.add_argument("--count", type=int, required=True)
-    s = sub.add_parser("trickle")
-    s.add_argument("--rate", type=float, required=True)
-    s.add_argument("--seconds", type=float, required=True)
-    s = sub.add_parser("fanin")
-    s.add_argument("--procs", type=int, required=True)
-    s.add_argument("--count", type=int, required=True)
-    s.add_argument("--start-method", default="fork", choices=("fork", "spawn", "forkserver"))
-    s.add_argument("--rate", type=float, default=0.0, help="messages/s per process (0: flat out)")
-    s.add_argument("--pad", type=int, default=0, help="filler characters per payload")
-    s.add_argument("--preload", action="append", default=[], metavar="MODULE")
-    s = sub.add_parser("stream")
-    s.add_argument("--count", type=int, required=True)
-    s.add_argument("--size", type=int, default=1000)
-    s = sub.add_parser("idle")
-    s.add_argument("--procs", type=int, required=True)
-    s.add_argument("--until", type=float, required=True, help="Unix time to close at")
-    s.add_argument("--preload", action="append", default=[], metavar="MODULE")
-    s = sub.add_parser("unencodable")
-    s.add_argument("--count", type=int, required=True)
-    args = p.parse_args(argv)
-
+    options = {
+        "burst": ["count"],
+        "trickle": ["rate", "seconds"],
+        "stream": ["count", "size"],
+        "fanin": ["procs", "count", "rate", "pad", "preload"],
+        "idle": ["procs", "until", "preload"],
+        "unencodable": ["count"],
+        "cancelled": [],
+        "sessions": ["envs", "count", "interval"],
+    }
+    kinds = {"count": int, "procs": int, "size": int, "pad": int, "rate": float}
+    kinds |= {"seconds": float, "until": float, "interval": float, "envs": str}
+    for name, names in options.items():
+        s = sub.add_parser(name)
+        for option in names:
+            if option == "preload":
+                s.add_argument("--preload", action="append", default=[], metavar="MODULE")
+            else:
+                optional = name == "fanin" and option in ("rate", "pad")
+                s.add_argument(f"--{option}", type=kinds[option], required=not optional, default=0)
+    args = p.parse_args()
+    for module in getattr(args, "preload", []):
+        importlib.import_module(module)  # forked children inherit it
     started = time.perf_counter()
-    if args.workload == "burst":
-        sent = burst(args.count)
-    elif args.workload == "trickle":
-        sent = trickle(args.rate, args.seconds)
-    elif args.workload == "fanin":
-        sent = fanin(args.procs, args.count, args.start_method, args.rate, args.pad, args.preload)
+    if args.workload == "fanin":
+        children(_rank, args.procs, args.count, args.rate, args.pad)
+        sent = args.procs * args.count
     elif args.workload == "idle":
-        sent = idle(args.procs, args.until, args.preload)
-    elif args.workload == "unencodable":
-        sent = unencodable(args.count)
+        children(_idle, args.procs, args.until)
+        sent = 0
     else:
-        sent = stream(args.count, args.size)
+        run = {"burst": burst, "trickle": trickle, "stream": stream, "unencodable": unencodable}
+        run["cancelled"] = cancelled
+        run["sessions"] = sessions
+        sent = run[args.workload](*(getattr(args, o) for o in options[args.workload]))
     seconds = time.perf_counter() - started
     if args.report:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+        # ru_maxrss is in KiB on Linux (bytes on macOS).
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
         with open(args.report, "w") as f:
-            # ru_maxrss is in KiB on Linux (bytes on macOS).
-            scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-            peak = usage.ru_maxrss / scale
-            json.dump({"sent": sent, "seconds": seconds, "peak_rss_mib": peak, **EXTRA}, f)
+            json.dump({"sent": sent, "seconds": seconds, "peak_rss_mib": peak, **NOTES}, f)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from pipes_bus._errors import (
     BufferFullError,
+    CommandFailed,
     ConfigurationError,
     DeliveryError,
     EncodeError,
+    LaunchError,
     MessageTooLargeError,
     NotInSessionError,
     ObjectTooLargeError,
@@ -39,15 +41,18 @@ from pipes_bus._version import __version__
 if TYPE_CHECKING:
     from pipes_bus._wire.bootstrap import Context, PartitionKeyRange, PartitionTimeWindow
     from pipes_bus._worker.api import Worker, open_worker
-    from pipes_bus._worker.lifecycle import WorkerTerminated
+    from pipes_bus._worker.lifecycle import Cancelled, WorkerTerminated
     from pipes_bus._worker.loaders import register_context_loader
 
 __all__ = [
     "BufferFullError",
+    "Cancelled",
+    "CommandFailed",
     "ConfigurationError",
     "Context",
     "DeliveryError",
     "EncodeError",
+    "LaunchError",
     "MessageTooLargeError",
     "NotInSessionError",
     "ObjectTooLargeError",
@@ -76,6 +81,7 @@ _LAZY = {
     "Worker": "pipes_bus._worker.api",
     "open_worker": "pipes_bus._worker.api",
     "WorkerTerminated": "pipes_bus._worker.lifecycle",
+    "Cancelled": "pipes_bus._worker.lifecycle",
     "register_context_loader": "pipes_bus._worker.loaders",
 }
 

@@ -3,7 +3,8 @@
     PipesBusError
     ├── ConfigurationError          a URL, option or environment value is unusable
     │   ├── UnknownSchemeError      no transport can serve the URL's scheme
-    │   └── NotInSessionError       a worker was opened outside a session
+    │   ├── NotInSessionError       a worker was opened outside a session
+    │   └── LaunchError             a platform refused the work (image missing, job rejected)
     ├── EncodeError                 a message cannot be encoded (raised at the call site)
     │   └── MessageTooLargeError    an encoded message is over the size limit
     ├── StoreError                  a store operation failed (carries url and key)
@@ -11,6 +12,7 @@
     │   └── PermanentStoreError     retrying will not help: missing bucket, access denied
     │       └── UnreadableObjectError   one object cannot be read; others may be fine
     │           └── ObjectTooLargeError an object is over the size a reader accepts
+    ├── CommandFailed               the program `pipes-bus exec` ran did not succeed
     ├── DeliveryError               a writer could not deliver messages; names which
     ├── BufferFullError             a writer's buffer is full and it was told not to block
     └── WriterClosedError           a writer was used after close()
@@ -29,9 +31,11 @@ from contextlib import contextmanager
 
 __all__ = [
     "BufferFullError",
+    "CommandFailed",
     "ConfigurationError",
     "DeliveryError",
     "EncodeError",
+    "LaunchError",
     "MessageTooLargeError",
     "NotInSessionError",
     "ObjectTooLargeError",
@@ -64,6 +68,11 @@ class UnknownSchemeError(ConfigurationError):
 
 class NotInSessionError(ConfigurationError):
     """A worker was opened without the environment a session injects."""
+
+
+class LaunchError(ConfigurationError):
+    """A launcher could not start the work: the platform is unreachable, or it refused the
+    job (an image that does not exist, a partition Slurm does not know, ...)."""
 
 
 class EncodeError(PipesBusError, TypeError):
@@ -129,6 +138,15 @@ class ObjectTooLargeError(UnreadableObjectError):
             key=key,
             size=size,
         )
+
+
+class CommandFailed(PipesBusError):
+    """The command run by ``pipes-bus exec`` did not succeed: it exited non-zero, died of a
+    signal, or could not be started. ``status`` is the status exec exits with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DeliveryError(PipesBusError):

@@ -1,11 +1,13 @@
-"""The wire schema: the messages a worker reports, and the typed metadata they carry.
+"""The wire schema: the messages a worker reports, the typed metadata they carry, and the
+control objects beside them (a session's manifest and end, cancel requests, beats).
 
-Orchestrators meet these as ``event.message``; custom runtimes write them with
+Orchestrators meet messages as ``event.message``; custom runtimes write them with
 :class:`pipes_bus.log.ChunkWriter`. ``docs/protocol.md`` specifies their encoding.
 """
 
 from __future__ import annotations
 
+from pipes_bus._wire.control import Beat, CancelRequest, Manifest, SessionEnd
 from pipes_bus._wire.limits import MAX_NESTING
 from pipes_bus._wire.schema import (
     PROTOCOL_VERSION,
@@ -41,7 +43,9 @@ __all__ = [
     "MAX_NESTING",
     "PROTOCOL_VERSION",
     "AnyMessage",
+    "Beat",
     "BoolValue",
+    "CancelRequest",
     "Check",
     "Closed",
     "Custom",
@@ -50,6 +54,7 @@ __all__ = [
     "IntValue",
     "JsonValue",
     "Log",
+    "Manifest",
     "MarkdownValue",
     "Materialization",
     "Message",
@@ -58,6 +63,7 @@ __all__ = [
     "Output",
     "PathValue",
     "Progress",
+    "SessionEnd",
     "TableColumn",
     "TableValue",
     "TextValue",

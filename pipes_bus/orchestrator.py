@@ -15,7 +15,14 @@ from pipes_bus._orchestrator.injectors import (
     Injection,
     ObjectContextInjector,
 )
-from pipes_bus._orchestrator.launch import run_subprocess
+from pipes_bus._orchestrator.launch import launch, run_subprocess
+from pipes_bus._orchestrator.lifecycle import (
+    SessionInfo,
+    cancel_session,
+    delete_session,
+    list_sessions,
+    session_info,
+)
 from pipes_bus._orchestrator.result import SessionResult, WriterState
 from pipes_bus._orchestrator.session import Session, default_bus_url, open_session
 from pipes_bus._orchestrator.sources import MessageSource, SourceSession, register_source
@@ -32,16 +39,22 @@ __all__ = [
     "ObjectContextInjector",
     "Session",
     "SessionCursor",
+    "SessionInfo",
     "SessionResult",
     "SourceSession",
     "StreamCursor",
     "StreamFault",
     "WriterState",
     "WriterSummary",
+    "cancel_session",
     "default_bus_url",
+    "delete_session",
+    "launch",
+    "list_sessions",
     "open_session",
     "register_source",
     "run_subprocess",
+    "session_info",
 ]
 
 from pipes_bus._faces import publish

@@ -10,6 +10,9 @@ from pipes_bus.transports._memory import MemoryTransport
 from tests.helpers import FakeClock, WaitUntil
 from tests.helpers import wait_until as _wait_until
 
+# Real store servers (moto, fake-gcs-server, Azurite), started the first time a test asks.
+pytest_plugins = ["tests.stores"]
+
 
 @pytest.fixture
 def bus() -> MemoryTransport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ __all__ = [
     "WaitUntil",
     "cli",
     "cli_command",
+    "detach",
     "payloads",
     "run_script",
     "wait_until",
@@ -114,6 +116,35 @@ def run_script(
     return run_subprocess(
         [sys.executable, str(script)], bus=bus or str(tmp_path / "bus"), **options
     )
+
+
+def detach(command: list[str], env: dict[str, str], log: Path | None = None) -> int:
+    """Start ``command`` as a process that is not a child of this one (a middle process
+    starts it in a session of its own and exits, so init adopts it); its pid. Its output
+    goes to ``log``, if given."""
+    launcher = (
+        "import subprocess, sys, json\n"
+        "cmd, env, log = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]\n"
+        "out = open(log, 'ab') if log else subprocess.DEVNULL\n"
+        "p = subprocess.Popen(cmd, env=env, start_new_session=True,\n"
+        "    stdin=subprocess.DEVNULL, stdout=out, stderr=out)\n"
+        "print(p.pid)\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            json.dumps(command),
+            json.dumps({**os.environ, **env}),
+            str(log or ""),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(out.stdout)
 
 
 def payloads(result: SessionResult) -> list[Any]:

@@ -164,7 +164,7 @@ class TestCliPage:
         """A generated block holds the usage line, so the markers were filled in."""
         page = (DOCS / "cli.md").read_text(encoding="utf-8")
         blocks = re.findall(r"--help -->\n```text\n(.*?)```", page, re.DOTALL)
-        assert len(blocks) == 4
+        assert len(blocks) == 7
         assert all(block.startswith("usage: pipes-bus") for block in blocks)
 
     def test_exit_status_table_matches_the_cli(self) -> None:

@@ -202,7 +202,8 @@ class TestLongJobExample:
         _assert_streams_complete(events)
 
     def test_sigterm_closes_the_stream_with_worker_terminated(self, tmp_path: Path) -> None:
-        """SIGTERM to `pipes-bus run` reaches the job; its stream closes with the signal; 143."""
+        """SIGTERM to `pipes-bus run` reaches the job and cancels the session; its stream
+        closes with the signal; the run exits 7."""
         context = json.dumps({"extras": {"files": 10000, "delay": 0.01}})
         process = subprocess.Popen(
             _cli("long_job.py", tmp_path, "--context", context),
@@ -222,8 +223,9 @@ class TestLongJobExample:
         finally:
             if process.poll() is None:
                 process.kill()
-        assert process.returncode == 128 + signal.SIGTERM
+        assert process.returncode == 7, stderr
         assert b"the command was killed by SIGTERM" in stderr
+        assert b"pipes-bus: the session was cancelled by " in stderr
         events = _events(tmp_path)
         closed = events[-1]
         assert closed["kind"] == "closed"

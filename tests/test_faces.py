@@ -14,6 +14,7 @@ FACES = [
     "pipes_bus.log",
     "pipes_bus.orchestrator",
     "pipes_bus.transports",
+    "pipes_bus.launchers",
 ]
 
 

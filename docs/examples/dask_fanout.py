@@ -33,7 +33,7 @@ def main(bus: str, parts: int = 8) -> tuple[list[int], SessionResult]:
     with (
         open_session(bus) as session,
         LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
+import msgspec
+
 from pipes_bus._errors import ConfigurationError, TransientStoreError, UnreadableObjectError
 from pipes_bus._log.items import Event, Item, SessionCursor, StreamCursor, StreamFault
 from pipes_bus._log.schedule import Schedule
 from pipes_bus._wire import keys as _keys
 from pipes_bus._wire.chunk import BadMessage, ChunkProblem, parse_chunk, parse_header
+from pipes_bus._wire.control import MAX_CONTROL_BYTES, Beat, verify
 from pipes_bus._wire.limits import MiB
 from pipes_bus._wire.schema import Closed, Opened
 
@@ -30,6 +33,10 @@ _EPSILON = 1e-6
 # back): on a slow store, a writer publishing a chunk per round trip would otherwise keep the
 # pass going, and hold every event, until it stopped. Fast stores never reach it.
 DRAIN_BUDGET = 0.1
+# Seconds the beats feed looks back before the last beat it saw: a writer whose clock is
+# behind the others' by less than this is heard all the same.
+BEAT_WINDOW = 120.0
+_BEAT = msgspec.json.Decoder(Beat)
 
 
 class Get(NamedTuple):
@@ -92,8 +99,10 @@ class ReaderCore:
     ``poll`` is the store's fastest useful probe interval, ``idle_rate`` the requests per
     second an idle session may spend whatever its number of writers, ``read_ahead`` whether
     to prefetch a stream's next chunk while decoding one (worth it where each request waits
-    on a network). ``claims`` names entries of the session's ``streams/`` folder that belong
-    to another source (see :attr:`claimed`), not to a writer.
+    on a network). With ``beats`` (what sessions use) it also follows the writers' beats,
+    for liveness and news (see :meth:`read_beats`). ``claims`` names entries of the
+    session's ``streams/`` folder that belong to another source (see :attr:`claimed`), not
+    to a writer.
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class ReaderCore:
         schedule: Schedule | None = None,
         expect_opened: bool = False,
         claims: frozenset[str] = frozenset(),
+        beats: bool = False,
     ) -> None:
         self.session = _keys.validate_id("session id", session)
         # Each stream is probed on its own adaptive schedule: fast while data flows,
@@ -135,6 +145,17 @@ class ReaderCore:
         self._phase = 0.0
         self.last_error: Exception | None = None
         self.behind = False
+        # The beats feed: one listing after the last beat seen finds every writer's signs of
+        # life; `heard` is when (on the driver's clock) each writer last gave one.
+        self.beats = beats
+        self.heard: dict[str, float] = {}
+        self.beat_counts: dict[str, int] = {}
+        # In a signed session a beat's name proves nothing: the latest of each writer (and
+        # when it was seen) is read and checked only before the writer would be lost.
+        self._unchecked: dict[str, tuple[str, float]] = {}
+        self._beats_seen: set[str] = set()
+        self._beats_latest = 0  # ms, on the writers' clocks
+        self._feed_at: float | None = None
         # One pass reads at most about this much before returning (memory stays bounded
         # however large the messages; `behind` says there is more).
         self.max_poll_bytes = max(max_chunk_bytes, 32 * MiB)
@@ -174,6 +195,8 @@ class ReaderCore:
     def wait_time(self, now: float) -> float:
         """Seconds until the next probe or listing is due (0 if one is due now)."""
         due = [s.due for s in self._streams.values() if not s.closed]
+        if self.beats and self.open_writers and self._feed_at is not None:
+            due.append(self._feed_at + self.feed_every())
         if self._discovered_at is not None:
             due.append(self._discovered_at + self._discover_every)
         else:
@@ -184,9 +207,100 @@ class ReaderCore:
         """An idle stream's probe interval under the idle budget.
 
         An idle session spends at most ``idle_rate`` requests per second: about 70% on
-        probes (one per open stream), the rest on listings and gap scans.
+        probes (one per open stream; half, when it follows beats too: a quarter goes to the
+        beats feed), the rest on listings and gap scans.
         """
-        return 1.4 * (len(self.open_writers) + 1) / self.idle_rate
+        share = 2.0 if self.beats else 1.4
+        return share * (len(self.open_writers) + 1) / self.idle_rate
+
+    def feed_every(self) -> float:
+        """Seconds between listings of the beats feed (a quarter of the idle budget)."""
+        return max(self.schedule.minimum, 4.0 / self.idle_rate)
+
+    def read_beats(
+        self, now: float, out: list[Item] | None = None, *, window: float = BEAT_WINDOW
+    ) -> Pass:
+        """List the beats left since the last seen (looking ``window`` seconds back, for
+        writers whose clocks are behind): note who was heard, probe who has news."""
+        self._feed_at = now
+        prefix = _keys.beats_prefix(self.session)
+        after = (
+            f"{max(0, self._beats_latest - int(window * 1000)):013d}"
+            if self._beats_latest
+            else None
+        )
+        outcome, now = yield List(prefix, after)
+        names = self._listed(outcome, prefix, out)
+        for name in names or ():
+            if name in self._beats_seen:
+                continue
+            parsed = _keys.parse_beat(name)
+            if parsed is None:
+                where = f"{prefix}/{name}"
+                if where not in self._rejected and out is not None:
+                    self._rejected.add(where)
+                    out.append(StreamFault("", where, "foreign", "not a beat; ignored"))
+                continue
+            self._beats_seen.add(name)
+            millis, wake, writer = parsed
+            self._beats_latest = max(self._beats_latest, millis)
+            stream = self._streams.get(writer)
+            if stream is None:
+                self._discovered_at = None  # a writer not seen yet: list the streams soon
+                continue
+            if self._key is None:
+                self.heard[writer] = now
+            else:
+                self._unchecked[writer] = (name, now)
+            self.beat_counts[writer] = self.beat_counts.get(writer, 0) + 1
+            if wake and not stream.closed:
+                stream.due = now  # it has news: probe it on this pass
+        # Names older than the window are never listed again: forget them.
+        floor = f"{max(0, self._beats_latest - int(window * 1000)):013d}"
+        self._beats_seen = {n for n in self._beats_seen if n >= floor}
+
+    def verify(self, now: float, writers: list[str], *, window: float) -> Pass:
+        """Before a writer is declared lost: probe its stream, list the beats feed
+        ``window`` seconds further back than usual, and (in a signed session) check its
+        latest beat's signature. Returns what the probes delivered, and any forged beat."""
+        out: list[Item] = []
+        yield from self.read_beats(now, out, window=window)
+        for writer in writers:
+            stream = self._streams.get(writer)
+            if stream is not None and not stream.closed:
+                yield from self._drain(writer, stream, out, None, now)
+            if writer in self._unchecked:
+                yield from self._check_beat(writer, out)
+        return out
+
+    def _check_beat(self, writer: str, out: list[Item]) -> Pass:
+        name, seen = self._unchecked.pop(writer)
+        key = f"{_keys.beats_prefix(self.session)}/{name}"
+        outcome, _ = yield Get(key, MAX_CONTROL_BYTES)
+        if isinstance(outcome, TransientStoreError):
+            self._unchecked.setdefault(writer, (name, seen))  # checked at the next look
+        try:
+            data = self._outcome(outcome)
+        except UnreadableObjectError as exc:
+            out.append(StreamFault(writer, key, exc.reason, str(exc)))
+            return
+        if data is None:
+            return  # replaced by a newer beat since: the next listing finds that one
+        try:
+            beat = _BEAT.decode(data)
+        except (msgspec.DecodeError, RecursionError):
+            beat = None
+        if beat is None or beat.writer != writer or not verify(self._key, beat):
+            out.append(
+                StreamFault(
+                    writer,
+                    key,
+                    "unauthenticated",
+                    "a beat not signed with the session's key; ignored",
+                )
+            )
+            return
+        self.heard[writer] = max(self.heard.get(writer, seen), seen)
 
     # --- passes -------------------------------------------------------------------------------
 
@@ -232,6 +346,16 @@ class ReaderCore:
                     ceiling=self.idle_ceiling(),
                 )
             )
+        if (
+            self.beats
+            and self._streams
+            and (
+                force
+                or self._feed_at is None
+                or now - self._feed_at + _EPSILON >= self.feed_every()
+            )
+        ):
+            yield from self.read_beats(now, out)
         streams = list(self._streams.items())
         # Start where the last pass stopped, so a busy writer cannot starve the others.
         self._rotation = (self._rotation + 1) % max(1, len(streams))
@@ -275,13 +399,8 @@ class ReaderCore:
         self._discovered_at = now
         prefix = _keys.streams_prefix(self.session)
         outcome, now = yield List(prefix)
-        try:
-            names = self._outcome(outcome)
-        except UnreadableObjectError as exc:
-            if prefix not in self._rejected:
-                self._rejected.add(prefix)
-                if out is not None:
-                    out.append(StreamFault("", prefix, exc.reason, str(exc)))
+        names = self._listed(outcome, prefix, out)
+        if names is False:
             return []
         new: list[str] = []
         for name in names or ():
@@ -319,6 +438,18 @@ class ReaderCore:
         return out
 
     # --- inside a pass --------------------------------------------------------------------------
+
+    def _listed(self, outcome: Any, prefix: str, out: list[Item] | None) -> Any:
+        """A listing's names; None for "not now"; False (after one fault naming it) for a
+        folder that cannot be listed."""
+        try:
+            return self._outcome(outcome)
+        except UnreadableObjectError as exc:
+            if prefix not in self._rejected:
+                self._rejected.add(prefix)
+                if out is not None:
+                    out.append(StreamFault("", prefix, exc.reason, str(exc)))
+            return False
 
     def _outcome(self, outcome: Any) -> Any:
         """The result of a request: None for "not now" (a transient failure, retried on the
@@ -372,6 +503,7 @@ class ReaderCore:
                 out.append(StreamFault(writer, key, problem.reason, problem.detail))
                 stream.chunk += 1
                 continue
+            self.heard[writer] = now
             self._deliver(writer, key, stream, chunk, out)
             if chunk.header.final:
                 stream.closed = True

@@ -99,6 +99,11 @@ class WriterSummary(msgspec.Struct, omit_defaults=True):
     messages: int = 0
     last_seq: int | None = None
     last_kind: str | None = None
+    heartbeat: float | None = None
+    last_heard: float | None = None
+    beats: int = 0
+    lost: bool = False
+    lost_at: float | None = None
 
 
 class SessionCursor(msgspec.Struct, omit_defaults=True):

@@ -109,6 +109,7 @@ class SessionReader:
         idle_rate: float | None = None,
         expect_opened: bool = False,
         claims: frozenset[str] = frozenset(),
+        beats: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
@@ -126,6 +127,7 @@ class SessionReader:
             schedule=schedule,
             expect_opened=expect_opened,
             claims=claims,
+            beats=beats,
         )
         self._clock = clock
         self._perform: Callable[[Request], Any] = (
@@ -229,6 +231,12 @@ class SessionReader:
     def scan(self) -> list[Item]:
         """Look for gaps and strangers in every open stream by listing it (costs a LIST each)."""
         items: list[Item] = self._run(self.core.scan(self._clock()))
+        return items
+
+    def verify(self, writers: list[str], *, window: float) -> list[Item]:
+        """Before ``writers`` are declared lost: probe their streams, and look ``window``
+        seconds back for their beats (see :meth:`ReaderCore.verify`)."""
+        items: list[Item] = self._run(self.core.verify(self._clock(), writers, window=window))
         return items
 
     def follow(

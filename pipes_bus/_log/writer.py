@@ -49,6 +49,9 @@ class WriterSettings:
     ``max_buffer_bytes``: memory bound for buffered plus unpublished messages.
     ``on_full``: "block" the caller until there is room, or "raise" BufferFullError.
     ``max_message_bytes``: largest single encoded message.
+    ``heartbeat``: the most seconds a worker stays silent (it leaves a beat when quiet that
+    long; 0 for none); ``cancel_check``: seconds between its looks for a cancel request.
+    Both are the worker's (:func:`pipes_bus.open_worker`), not the log's.
     """
 
     encoding: str = "jsonl"
@@ -59,6 +62,8 @@ class WriterSettings:
     on_full: str = "block"
     max_message_bytes: int = 8 * MiB
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    heartbeat: float | None = None
+    cancel_check: float | None = None
 
     def __post_init__(self) -> None:
         if self.encoding not in ("jsonl", "msgpack"):
@@ -74,6 +79,14 @@ class WriterSettings:
             raise ConfigurationError(f"on_full must be 'block' or 'raise', not {self.on_full!r}.")
         if self.chunk_bytes <= 0 or self.max_buffer_bytes < self.chunk_bytes:
             raise ConfigurationError("Need 0 < chunk_bytes <= max_buffer_bytes.")
+        if self.heartbeat is not None and not self.heartbeat >= 0:
+            raise ConfigurationError(
+                f"heartbeat must be seconds (0 for none), not {self.heartbeat!r}."
+            )
+        if self.cancel_check is not None and not self.cancel_check > 0:
+            raise ConfigurationError(
+                f"cancel_check must be seconds above 0, not {self.cancel_check!r}."
+            )
 
 
 class _Sealed:
@@ -145,6 +158,7 @@ class ChunkWriter:
         self._closed = False
         self._error: DeliveryError | None = None
         self.chunks_published = 0
+        self._published_at = clock()
         self.bytes_published = 0
         self._thread = threading.Thread(
             target=self._run, name=f"pipes-bus-writer-{writer}", daemon=True
@@ -287,6 +301,16 @@ class ChunkWriter:
         """Messages published to the store so far."""
         return self._published
 
+    @property
+    def published_at(self) -> float:
+        """When (on this writer's clock) a chunk was last published, or the writer made."""
+        return self._published_at
+
+    @property
+    def next_chunk(self) -> int:
+        """The number the next chunk will take."""
+        return self._next_chunk
+
     def __repr__(self) -> str:
         where = self.transport.describe(_keys.stream_prefix(self.session, self.writer))
         return f"<ChunkWriter {where}>"
@@ -417,6 +441,7 @@ class ChunkWriter:
                 return
             with self._lock:
                 self._published = sealed.first + sealed.count
+                self._published_at = self._clock()
                 self._pending -= sealed.size
                 self._cond.notify_all()
 

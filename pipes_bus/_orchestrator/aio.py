@@ -22,9 +22,10 @@ from typing import Any
 from pipes_bus._errors import ConfigurationError
 from pipes_bus._log.core import Get, List, Pass, Prefetch, Request
 from pipes_bus._log.items import Event, Item, SessionCursor, StreamFault
-from pipes_bus._orchestrator.core import Hand, Poll, Scan, Wait
+from pipes_bus._orchestrator.core import Hand, Poll, Scan, Verify, Wait
 from pipes_bus._orchestrator.result import SessionResult
 from pipes_bus._orchestrator.session import _Base
+from pipes_bus._wire.control import CancelRequest
 from pipes_bus.transports import Transport
 
 __all__ = ["AsyncSession"]
@@ -116,13 +117,13 @@ class AsyncSession(_Base):
         key: bytes | None = None,
         collect: bool = True,
         grace: float = 10.0,
+        liveness: float | None = None,
     ) -> AsyncSession:
         """Follow a session that is already running (see :meth:`Session.attach`)."""
-        session = cls(
-            transport=transport, session_id=session_id, collect=collect, grace=grace, settle=0.0
+        following = cls._following(
+            transport, session_id, cursor, key, collect=collect, grace=grace, liveness=liveness
         )
-        session._attached = (cursor, key)
-        return await session.open()
+        return await following.open()
 
     @property
     def env(self) -> dict[str, str]:
@@ -142,12 +143,21 @@ class AsyncSession(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def cancel(self, reason: str | None = None, *, source: str = "api") -> CancelRequest:
+        """Ask every writer of the session to stop (see :meth:`Session.cancel`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._cancel, reason, source)
+
     async def aclose(self) -> None:
-        """Release the transport and any extra sources."""
+        """Record how the session ended (if it was followed to its end), and release the
+        transport and any extra sources."""
+        loop = asyncio.get_running_loop()
+        if self._opened and self._core is not None:
+            await loop.run_in_executor(None, self._record_end)
         for source in self._made_sources:
             source.close()
         if self._transport is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._transport.close)
+            await loop.run_in_executor(None, self._transport.close)
 
     async def follow(
         self,
@@ -208,6 +218,14 @@ class AsyncSession(_Base):
                     outcome = await self._poll_all(action.discover)
                 elif type(action) is Scan:
                     outcome = await self._scan_all()
+                elif type(action) is Verify:
+                    outcome = await arun(
+                        self.core.reader.verify(
+                            self._clock(), action.writers, window=action.window
+                        ),
+                        self._answers,
+                        self._clock,
+                    )
                 elif type(action) is Wait:
                     await asyncio.sleep(action.seconds)
                 else:

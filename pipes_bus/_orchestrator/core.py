@@ -14,6 +14,7 @@ import collections
 import operator
 import os
 import socket
+import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ from pipes_bus._wire.schema import (
     UnknownMessage,
 )
 
-__all__ = ["DEFAULT_SETTLE", "Hand", "Poll", "Scan", "SessionCore", "Wait"]
+__all__ = ["DEFAULT_SETTLE", "Hand", "Poll", "Scan", "SessionCore", "Verify", "Wait"]
 
 # After the launched work exits, the session lists its writers once more this much later:
 # a writer that opens just after the exit (a detached child) is followed too.
@@ -42,6 +43,9 @@ MAX_KEPT_FAULTS = 1000
 # However long the reader and the sources would sleep, the launched work is looked at
 # this often.
 _LOOK_AT_WORK = 1.0
+# Before a silent writer is declared lost, the beats feed is read this much further back
+# than usual: a writer whose clock is behind the orchestrator's by less is not lost.
+LOST_LOOK_BACK = 600.0
 
 
 class Poll(NamedTuple):
@@ -53,6 +57,14 @@ class Poll(NamedTuple):
 
 class Scan(NamedTuple):
     """List every open stream for gaps, then poll everything. The outcome is the batch."""
+
+
+class Verify(NamedTuple):
+    """Before ``writers`` are declared lost: probe their streams, and read the beats feed
+    ``window`` seconds further back. The outcome is the batch."""
+
+    writers: list[str]
+    window: float
 
 
 class Wait(NamedTuple):
@@ -67,7 +79,7 @@ class Hand(NamedTuple):
     batch: list[Item]
 
 
-Action = Poll | Scan | Wait | Hand
+Action = Poll | Scan | Verify | Wait | Hand
 Follow = Generator[Action, tuple[Any, float], None]
 _writer_of = operator.attrgetter("writer")
 
@@ -96,8 +108,12 @@ class SessionCore:
         cursor: SessionCursor | None = None,
         pid_alive: Callable[[int], bool] = _pid_alive,
         host: str | None = None,
+        liveness: float | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
+        self.liveness = liveness
+        self._wall = wall
         self.sources = list(sources)
         self.collect = collect
         self.result = SessionResult(session=session, bus=bus)
@@ -106,6 +122,7 @@ class SessionCore:
         self.last_in_batch: dict[str, Event] = {}
         self._pid_alive = pid_alive
         self._host = host or socket.gethostname()
+        self._started = 0.0
         if cursor is not None:
             # What the follower before this one knew: it ends with the same status.
             for writer, summary in cursor.writers.items():
@@ -124,6 +141,48 @@ class SessionCore:
     def open_writers(self) -> list[str]:
         """Writers heard from that have not closed, from every source."""
         return self.reader.open_writers + [w for s in self.sources for w in s.open_writers]
+
+    @property
+    def running_writers(self) -> list[str]:
+        """Open writers not known to be gone: neither lost nor of a process that died."""
+        return [w for w in self.open_writers if not self._gone(w)]
+
+    def allowed_silence(self, writer: str) -> float | None:
+        """How long ``writer`` may stay unheard before it is lost (None: no limit).
+
+        The session's ``liveness`` if set, else three of the writer's announced heartbeats
+        and two looks at the beats feed: never less than a quiet, alive writer can stay.
+        """
+        state = self.result.writers.get(writer)
+        heartbeat = state.heartbeat if state is not None else None
+        if self.liveness is not None:
+            return max(self.liveness, heartbeat or 0.0)
+        if heartbeat is None:
+            return None
+        return 3 * heartbeat + 2 * self.reader.feed_every() + 5.0
+
+    def _silent(self, now: float) -> list[str]:
+        """Open writers of the session's own streams heard from longer ago than allowed."""
+        silent = []
+        for writer in self.reader.open_writers:
+            state = self.result.writers.get(writer)
+            limit = self.allowed_silence(writer)
+            if limit is None or state is None or state.lost:
+                continue
+            heard = self.reader.heard.get(writer, self._started)
+            if now - heard > limit:
+                silent.append(writer)
+        return silent
+
+    def _note_heard(self, now: float) -> None:
+        wall = self._wall()
+        for writer, heard in self.reader.heard.items():
+            state = self.result.writers.get(writer)
+            if state is not None:
+                state.last_heard = wall - (now - heard)
+                state.beats = self.reader.beat_counts.get(writer, 0)
+                if state.lost and now - heard <= (self.allowed_silence(writer) or 0):
+                    state.lost, state.lost_at = False, None  # heard again: not lost after all
 
     def active_sources(self) -> list[MessageSource]:
         """The sources to poll now: woken by their claimed entry, or active by themselves."""
@@ -150,12 +209,11 @@ class SessionCore:
 
     def _gone(self, writer: str) -> bool:
         state = self.result.writers.get(writer)
-        return (
-            state is not None
-            and state.host == self._host
-            and state.pid is not None
-            and not self._pid_alive(state.pid)
-        )
+        if state is None:
+            return False
+        if state.lost:
+            return True
+        return state.host == self._host and state.pid is not None and not self._pid_alive(state.pid)
 
     # --- following --------------------------------------------------------------------------
 
@@ -165,17 +223,40 @@ class SessionCore:
         """Follow the session until it is complete (see the docs' Completion section)."""
         finished_at: float | None = None  # when the work ended, then the last progress
         exited_at = now
+        self._started = now
+        wall = self._wall()
+        for writer, state in self.result.writers.items():
+            if state.last_heard is not None and writer not in self.reader.heard:
+                # Heard by the follower before this one: silence counts from then.
+                self.reader.heard[writer] = now - max(0.0, wall - state.last_heard)
         settled = settle <= 0
         while True:
             batch, now = yield Poll()
-            finished = done() if done is not None else bool(self.writers) and not self.open_writers
+            changed = False  # a writer's state changed with no message (it was lost)
+            if batch:
+                self.record(batch)  # heartbeat intervals and pids, before liveness is judged
+            self._note_heard(now)
+            silent = self._silent(now)
+            if silent:
+                # Not heard from for too long: one closer look before calling them lost.
+                window = max(self.allowed_silence(w) or 0.0 for w in silent) + LOST_LOOK_BACK
+                more, now = yield Verify(silent, window)
+                batch = batch + self.record(more)
+                self._note_heard(now)
+                for writer in self._silent(now):
+                    state = self.state(writer)
+                    state.lost, state.lost_at = True, self._wall()
+                    changed = True
+            finished = (
+                done() if done is not None else bool(self.writers) and not self.running_writers
+            )
             if finished and finished_at is None:
                 finished_at = exited_at = now
                 # Everything that opened before the exit is visible now.
                 more, now = yield Poll(discover=True)
-                batch = batch + more
-            if batch:
-                _, now = yield Hand(self.record(batch))
+                batch = batch + self.record(more)
+            if batch or changed:
+                now = yield from self._hand(batch)
                 if finished_at is not None:
                     finished_at = now  # grace counts from the last progress
             wait_cap = _LOOK_AT_WORK
@@ -194,7 +275,7 @@ class SessionCore:
                     settled = True
                     late, now = yield Poll(discover=True)
                     if late:
-                        _, now = yield Hand(self.record(late))
+                        now = yield from self._hand(self.record(late))
                     if not self.open_writers:
                         break
                     finished_at = now
@@ -203,17 +284,22 @@ class SessionCore:
                     # Their processes are gone: one last look for gaps, then stop waiting.
                     last, now = yield Scan()
                     if last:
-                        _, now = yield Hand(self.record(last))
+                        now = yield from self._hand(self.record(last))
                     if not [w for w in self.open_writers if not self._gone(w)]:
                         break
                 if now - finished_at >= grace:
                     last, now = yield Scan()
                     if last:
-                        _, now = yield Hand(self.record(last))
+                        now = yield from self._hand(self.record(last))
                     break
                 wait_cap = max(0.0, finished_at + grace - now)
             if not self.reader.behind:
                 _, now = yield Wait(min(self.wait_time(now), wait_cap))
+
+    def _hand(self, batch: list[Item]) -> Generator[Action, tuple[Any, float], float]:
+        _, now = yield Hand(batch)
+        self.last_in_batch = {}  # what the caller may mark consumed: this batch's only
+        return now
 
     # --- recording --------------------------------------------------------------------------
 
@@ -253,7 +339,7 @@ class SessionCore:
                 self.state(writer).messages += n
         for writer, event in last.items():
             self.state(writer).last = event
-        self.last_in_batch = last
+        self.last_in_batch.update(last)  # until the batch is handed over
         return batch
 
     def _record(self, item: Event) -> None:
@@ -278,6 +364,7 @@ class SessionCore:
             state = self.state(item.writer)
             state.opened = True
             state.label, state.pid, state.host = info.label, info.pid, info.host
+            state.heartbeat = message.heartbeat  # type: ignore[union-attr]
         elif kind is Closed:
             state = self.state(item.writer)
             state.closed = True

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from pipes_bus._log.items import Event, StreamFault, WriterSummary
+from pipes_bus._status import (
+    EXIT_BUS,
+    EXIT_CANCELLED,
+    EXIT_INCOMPLETE,
+    EXIT_UNDELIVERABLE,
+    EXIT_USAGE,
+    EXIT_WORKER_FAILED,
+)
+from pipes_bus._wire.control import CancelRequest
 from pipes_bus._wire.schema import ExceptionInfo, Progress, UnknownMessage
 
 __all__ = [
     "EXIT_BUS",
+    "EXIT_CANCELLED",
     "EXIT_INCOMPLETE",
     "EXIT_UNDELIVERABLE",
     "EXIT_WORKER_FAILED",
@@ -21,10 +32,6 @@ __all__ = [
 ]
 
 # Exit statuses of a session whose command itself exited 0 (see `pipes-bus run --help`).
-EXIT_WORKER_FAILED = 3
-EXIT_INCOMPLETE = 4
-EXIT_UNDELIVERABLE = 5
-EXIT_BUS = 6
 
 
 @dataclass
@@ -41,6 +48,16 @@ class WriterState:
     messages: int = 0
     last: Event | None = None
     progress: Progress | None = None
+    #: The most seconds it said it would stay silent (``opened.heartbeat``).
+    heartbeat: float | None = None
+    #: When it was last heard from (a message or a beat), in seconds since the epoch.
+    last_heard: float | None = None
+    #: Beats seen from it.
+    beats: int = 0
+    #: Declared lost: not heard from for longer than the session's liveness allows.
+    lost: bool = False
+    #: When it was declared lost, in seconds since the epoch.
+    lost_at: float | None = None
     #: The seq and kind of the last delivered message (kept when ``last`` is not, across a
     #: follower's restart).
     last_seq: int | None = None
@@ -58,6 +75,16 @@ class WriterState:
         if self.last_seq is None:
             return "nothing was delivered"
         return f"its last delivered message was #{self.last_seq} ({self.last_kind})"
+
+    def heard_text(self) -> str:
+        """When it was last heard from, for a reason."""
+        if self.last_heard is None:
+            return "never heard from after it opened"
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.last_heard))
+        if self.lost_at is None:
+            return f"last heard from at {stamp} ({time.time() - self.last_heard:.0f} s ago)"
+        silent = max(0.0, self.lost_at - self.last_heard)
+        return f"not heard from since {stamp} ({silent:.0f} s when it was declared lost)"
 
     def summary(self) -> WriterSummary:
         """This state in the form a cursor keeps."""
@@ -100,6 +127,14 @@ class SessionResult:
     bus_error: str | None = None
     #: Why the launched command was asked to stop ("pipes-bus passed on an interrupt"), if it was.
     stopped: str | None = None
+    #: The session's cancel request, if it was cancelled: who asked, and why.
+    cancelled: CancelRequest | None = None
+    #: Where a launcher launched the work (``pipes_bus.launchers.LaunchHandle``), if one did.
+    launch: Any = None
+    #: What the platform said of the job at the end ("failed (OOMKilled)"), if it was asked.
+    job_state: str | None = None
+    #: Why the work could not be launched (the platform refused it), if it could not.
+    launch_error: str | None = None
 
     @property
     def incomplete(self) -> list[WriterState]:
@@ -116,21 +151,44 @@ class SessionResult:
         """True only if the command exited 0, every writer closed cleanly, nothing was lost."""
         return self.exit_status() == 0
 
+    @property
+    def lost(self) -> list[WriterState]:
+        """Writers declared lost: silent for longer than the session's liveness allows."""
+        return [w for w in self.writers.values() if w.lost and not w.closed]
+
+    @property
+    def state(self) -> str:
+        """How it ended, in a word: succeeded, cancelled, lost (a writer was), or failed."""
+        if self.cancelled is not None:
+            return "cancelled"
+        status = self.exit_status()
+        if status == 0:
+            return "succeeded"
+        return "lost" if status == EXIT_INCOMPLETE and self.lost else "failed"
+
     def problems(self) -> list[str]:
         """One sentence per problem, most important first."""
         lines: list[str] = []
+        if self.launch_error is not None:
+            lines.append(f"the work could not be launched: {self.launch_error}")
+        if self.cancelled is not None:
+            lines.append(f"the session was {self.cancelled.describe()}")
         after = f" after {self.stopped}" if self.stopped else ""
         if self.exit_code is not None and self.exit_code < 0:
             lines.append(f"the command was killed by {_signal_name(-self.exit_code)}{after}")
         elif self.exit_code not in (None, 0):
-            lines.append(f"the command exited with status {self.exit_code}{after}")
+            job = f"; the platform says {self.job_state}" if self.job_state else ""
+            lines.append(f"the command exited with status {self.exit_code}{after}{job}")
         if self.bus_error is not None:
             lines.append(f"the bus could not be read to the end: {self.bus_error}")
         for w in self.failed:
             assert w.exception is not None
             lines.append(f"writer {w.name} failed: {w.exception.type}: {w.exception.message}")
         for w in self.incomplete:
-            lines.append(f"writer {w.name} never closed; {w.last_message_text()}")
+            if w.lost:
+                lines.append(f"writer {w.name} was lost: {w.heard_text()}; {w.last_message_text()}")
+            else:
+                lines.append(f"writer {w.name} never closed; {w.last_message_text()}")
         for fault in self.faults:
             lines.append(f"undeliverable data: {fault}")
         return lines
@@ -144,7 +202,12 @@ class SessionResult:
         return problems[0] + more
 
     def exit_status(self) -> int:
-        """The documented exit status: the command's, else 3/4/5 for worker problems."""
+        """The documented exit status: 2 if it could not be launched, 7 if cancelled, the
+        command's, else 3/4/5/6."""
+        if self.launch_error is not None:
+            return EXIT_USAGE
+        if self.cancelled is not None:
+            return EXIT_CANCELLED
         if self.exit_code not in (None, 0):
             assert self.exit_code is not None
             return self.exit_code if self.exit_code > 0 else 128 - self.exit_code

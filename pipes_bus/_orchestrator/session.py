@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from pipes_bus._errors import ConfigurationError
+from pipes_bus._errors import ConfigurationError, PipesBusError
 from pipes_bus._log.items import Event, Item, SessionCursor, StreamFault
 from pipes_bus._log.reader import SessionReader
 from pipes_bus._log.schedule import Schedule
@@ -29,9 +30,17 @@ from pipes_bus._orchestrator.core import (
     Poll,
     Scan,
     SessionCore,
+    Verify,
     Wait,
 )
 from pipes_bus._orchestrator.injectors import ContextInjector, Injection, injector_for
+from pipes_bus._orchestrator.lifecycle import (
+    cancel_session,
+    command_text,
+    read_cancel,
+    record_end,
+    who,
+)
 from pipes_bus._orchestrator.result import SessionResult
 from pipes_bus._orchestrator.sources import MessageSource, SourceSession, make_sources
 from pipes_bus._redact import public_options
@@ -44,12 +53,15 @@ from pipes_bus._wire.bootstrap import (
     encode_params,
     make_context,
 )
+from pipes_bus._wire.control import CancelRequest, Manifest
 from pipes_bus._wire.schema import PROTOCOL_VERSION
 from pipes_bus.transports import Transport, open_transport
 
 __all__ = ["BUS_ENV", "Session", "default_bus_url", "open_session"]
 
 BUS_ENV = "PIPES_BUS_URL"
+_S = TypeVar("_S", bound="_Base")
+_log = logging.getLogger("pipes_bus")
 
 
 def default_bus_url() -> str:
@@ -94,6 +106,8 @@ class _Base:
         collect: bool = True,
         grace: float = 10.0,
         settle: float = DEFAULT_SETTLE,
+        liveness: float | None = None,
+        command: Sequence[str] | None = None,
         poll: Schedule | None = None,
         transport: Transport | None = None,
         sources: Sequence[MessageSource] | None = None,
@@ -114,6 +128,12 @@ class _Base:
         self.collect = collect
         self.grace = grace
         self.settle = settle
+        if liveness is not None and not liveness > 0:
+            raise ConfigurationError(
+                f"liveness must be a number of seconds above 0, not {liveness!r}."
+            )
+        self.liveness = liveness
+        self.command = list(command) if command else None
         self.poll_schedule = poll
         self._sources = None if sources is None else list(sources)
         self._sleep = sleep
@@ -128,6 +148,7 @@ class _Base:
         self._made_sources: list[MessageSource] = []
         self._core: SessionCore | None = None
         self._reader: SessionReader | None = None
+        self._ended = False  # followed to its end, as the follower of record
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} on {self.bus}>"
@@ -143,6 +164,20 @@ class _Base:
     def url(self) -> str:
         """The session's location: bus URL plus session id."""
         return self.transport.describe(self.id)
+
+    @classmethod
+    def _following(
+        cls: type[_S],
+        transport: Transport,
+        session_id: str,
+        cursor: SessionCursor | None,
+        key: bytes | None,
+        **options: Any,
+    ) -> _S:
+        """A session that follows one already running (what ``attach`` opens)."""
+        session = cls(transport=transport, session_id=session_id, settle=0.0, **options)
+        session._attached = (cursor, key)
+        return session
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -178,14 +213,15 @@ class _Base:
 
     def _manifest(self) -> bytes:
         return msgspec.json.encode(
-            {
-                "format": "pipes-bus-session",
-                "protocol": PROTOCOL_VERSION,
-                "session": self.id,
-                "created": time.time(),
-                "context_sha256": hashlib.sha256(msgspec.json.encode(self.context)).hexdigest(),
-                "signed": self.sign,
-            }
+            Manifest(
+                protocol=PROTOCOL_VERSION,
+                session=self.id,
+                created=time.time(),
+                by=who(),
+                command=command_text(self.command),
+                context_sha256=hashlib.sha256(msgspec.json.encode(self.context)).hexdigest(),
+                signed=self.sign,
+            )
         )
 
     def _make_core(self, cursor: SessionCursor | None) -> None:
@@ -208,6 +244,7 @@ class _Base:
             cursor=cursor,
             schedule=self.poll_schedule,
             expect_opened=True,
+            beats=True,
             claims=frozenset(s.claims for s in self._made_sources if s.claims),
             clock=self._clock,
         )
@@ -218,6 +255,7 @@ class _Base:
             sources=self._made_sources,
             collect=self.collect,
             cursor=cursor,
+            liveness=self.liveness,
         )
 
     # --- the opened session -------------------------------------------------------------------
@@ -298,11 +336,40 @@ class _Base:
     def _require_open(self) -> None:
         raise NotImplementedError
 
+    def _cancel(self, reason: str | None, source: str) -> CancelRequest:
+        self._require_open()
+        request = cancel_session(
+            self.transport, self.id, reason=reason or "", source=source, key=self._key
+        )
+        self.core.result.cancelled = request
+        return request
+
     def _finish(self) -> None:
+        """After the follow: what only the store can still tell (a cancel request)."""
         result = self.core.result
+        if result.cancelled is None:
+            try:
+                result.cancelled = read_cancel(self.transport, self.id, self._key)
+            except PipesBusError as exc:
+                _log.warning("pipes_bus: could not read %s's cancel request: %s", self.id, exc)
         result.requests = self.transport.stats.snapshot()
         if not result.writers:
             result.diagnostics = self.diagnose()
+        # The session's end goes on record if this follower launched it, or took it over
+        # (from a cursor) and saw every writer end.
+        self._ended = self._attached is None or (
+            self._attached[0] is not None and not self.core.running_writers
+        )
+
+    def _record_end(self) -> None:
+        """Put how the session ended on the bus (once: the first record stands)."""
+        if not self._ended:
+            return
+        self._ended = False
+        try:
+            record_end(self.transport, self.core.result)
+        except PipesBusError as exc:
+            _log.warning("pipes_bus: could not record how %s ended: %s", self.id, exc)
 
     def diagnose(self) -> str:
         """What was injected, where the reader looked, and what it found there."""
@@ -341,6 +408,7 @@ class Session(_Base):
         key: bytes | None = None,
         collect: bool = True,
         grace: float = 10.0,
+        liveness: float | None = None,
         poll: Schedule | None = None,
         sources: Sequence[MessageSource] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -348,23 +416,24 @@ class Session(_Base):
     ) -> Session:
         """Follow a session that is already running (e.g. after an orchestrator restart).
 
-        With ``cursor``, it resumes just past what was consumed before: nothing is
-        delivered twice, nothing is skipped, and it ends with the status the first follower
-        would have. Nothing is written or launched.
+        With ``cursor``, it takes over: it resumes just past what was consumed before
+        (nothing is delivered twice, nothing is skipped), ends with the status the first
+        follower would have, and records that end on the bus when it closes. Nothing is
+        launched; without a cursor nothing is written.
         """
-        session = cls(
-            transport=transport,
-            session_id=session_id,
+        return cls._following(
+            transport,
+            session_id,
+            cursor,
+            key,
             collect=collect,
             grace=grace,
-            settle=0.0,
+            liveness=liveness,
             poll=poll,
             sources=sources,
             sleep=sleep,
             clock=clock,
-        )
-        session._attached = (cursor, key)
-        return session.open()
+        ).open()
 
     @property
     def env(self) -> dict[str, str]:
@@ -428,8 +497,23 @@ class Session(_Base):
             pass
         return self.result
 
+    def cancel(self, reason: str | None = None, *, source: str = "api") -> CancelRequest:
+        """Ask every writer of the session to stop, wherever it runs; return the request in
+        force (the first one, if the session was cancelled already).
+
+        Workers see it within their cancel check (2.5 s on an object store, 0.25 s on a
+        directory, by default) and stop as they would on SIGTERM, or set a flag (see
+        :func:`pipes_bus.open_worker`). Keep following: each writer's ``closed`` says how
+        it ended, and the result's status is 7 (cancelled). ``source`` says how the request
+        came (``api``, ``cli``, ``interrupt``, ``timeout``).
+        """
+        return self._cancel(reason, source)
+
     def close(self) -> None:
-        """Release the transport and any extra sources."""
+        """Record how the session ended (if it was followed to its end), and release the
+        transport and any extra sources."""
+        if self._opened and self._core is not None:
+            self._record_end()
         for source in self._made_sources:
             source.close()
         if self._transport is not None:
@@ -461,6 +545,8 @@ class Session(_Base):
                     outcome = self._poll_all(discover=action.discover)
                 elif type(action) is Scan:
                     outcome = self._scan_all()
+                elif type(action) is Verify:
+                    outcome = self.reader.verify(action.writers, window=action.window)
                 elif type(action) is Wait:
                     self._sleep(action.seconds)
                 else:
@@ -546,6 +632,8 @@ def open_session(
     collect: bool = True,
     grace: float = 10.0,
     settle: float = DEFAULT_SETTLE,
+    liveness: float | None = None,
+    command: Sequence[str] | None = None,
     poll: Schedule | None = None,
     transport: Transport | None = None,
     sources: Sequence[MessageSource] | None = None,
@@ -570,6 +658,9 @@ def open_session(
     - ``collect``: keep every event in the result (off for huge sessions: counts only).
     - ``grace``: seconds to wait for writers still open after the work exited.
     - ``settle``: seconds after the exit to look for writers once more.
+    - ``liveness``: seconds a writer may go unheard (no message, no heartbeat) before it is
+      declared lost (default: three of its announced heartbeat intervals, and a little).
+    - ``command``: the command the work runs, recorded in the manifest (``pipes-bus ls``).
     - ``poll``: the probes' :class:`~pipes_bus.log.Schedule` (default: the store's).
     - ``sources``: message sources (default: every registered one, e.g. Dagster Pipes).
     - ``sleep``, ``clock``: injectable, for tests.
@@ -586,6 +677,8 @@ def open_session(
         collect=collect,
         grace=grace,
         settle=settle,
+        liveness=liveness,
+        command=command,
         poll=poll,
         transport=transport,
         sources=sources,

@@ -49,9 +49,9 @@ __all__ = [
     "metadata_value",
 ]
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 
 
 # --- metadata ----------------------------------------------------------------------------
@@ -212,10 +212,16 @@ class WriterInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Opened(Message, tag="opened", frozen=True):
-    """First message of every stream. (``info``, not ``writer``: event lines use that key.)"""
+    """First message of every stream. (``info``, not ``writer``: event lines use that key.)
+
+    ``heartbeat`` (protocol 1.1) is the most seconds the writer lets pass without a sign of
+    life: a chunk, or a beat in the session's ``beats/`` (absent: it sends no beats, and
+    cannot be told from a dead writer by silence alone).
+    """
 
     info: WriterInfo
     extras: dict[str, Any] = {}
+    heartbeat: float | None = None
 
 
 class Log(Message, tag="log", frozen=True):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -23,6 +25,7 @@ from pipes_bus._wire.bootstrap import (
     decode_params,
     parse_key,
 )
+from pipes_bus._wire.control import CancelRequest
 from pipes_bus._wire.schema import (
     Check,
     Custom,
@@ -36,8 +39,11 @@ from pipes_bus._wire.schema import (
     metadata_value,
 )
 from pipes_bus._worker.capture import OutputCapture
+from pipes_bus._worker.control import Control
 from pipes_bus._worker.lifecycle import (
+    Cancelled,
     WorkerTerminated,
+    cancel_main,
     die_by,
     install_handlers,
     open_workers,
@@ -116,6 +122,11 @@ class Worker:
             self._handler = _LogHandler(self)
             self.log.addHandler(self._handler)
         self._capture: OutputCapture | None = None
+        self._control: Control | None = None
+        self.on_cancel = "raise"
+        #: Set when the session asks its writers to stop (see :attr:`cancelled`).
+        self.cancel_requested = threading.Event()
+        self._cancel: CancelRequest | None = None
 
     @property
     def enabled(self) -> bool:
@@ -188,6 +199,25 @@ class Worker:
         """Report any msgspec-encodable payload."""
         self._emit(Custom(time=time.time(), payload=payload))
 
+    @property
+    def cancelled(self) -> CancelRequest | None:
+        """The session's cancel request (who asked, and why), once there is one."""
+        return self._cancel
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~pipes_bus.Cancelled` if the session asked its writers to stop."""
+        if self._cancel is not None:
+            raise Cancelled(self._cancel.reason, self._cancel.by, self._cancel)
+
+    def _cancelled(self, request: CancelRequest) -> None:
+        # On the control thread: note it, and stop the program unless it checks a flag.
+        if self._closed:
+            return
+        self._cancel = request
+        self.cancel_requested.set()
+        if self.on_cancel == "raise":
+            cancel_main(Cancelled(request.reason, request.by, request), _close_all_with)
+
     def flush(self) -> None:
         """Block until everything reported so far is on the store."""
         if self._writer is not None:
@@ -200,6 +230,8 @@ class Worker:
         self._closed = True
         with registry_lock:
             open_workers.discard(self)
+        if self._control is not None:
+            self._control.stop()
         if self._capture is not None:
             self._capture.stop()
         if self._handler is not None:
@@ -226,6 +258,33 @@ class Worker:
             self.close(None if exc.code in (0, None) else exc)
         else:
             self.close(exc)
+
+
+# Where a test (or a container) says which host the writer is on, for the dead-pid rule.
+HOST_ENV = "PIPES_BUS_HOSTNAME"
+
+
+def control_timings(transport: Any, settings: WriterSettings) -> tuple[float | None, float]:
+    """(heartbeat, cancel check) in seconds: the settings', else what suits the store.
+
+    A remote store (each request a network round trip, and a price) gets a beat a minute
+    and a look for a cancel every 2.5 s; a local one a beat every 5 s and a look every
+    quarter second.
+    """
+    remote = bool(getattr(transport.capabilities, "read_ahead", False))
+    heartbeat = settings.heartbeat if settings.heartbeat is not None else (60.0 if remote else 5.0)
+    check = (
+        settings.cancel_check if settings.cancel_check is not None else (2.5 if remote else 0.25)
+    )
+    return (heartbeat if heartbeat > 0 else None), check
+
+
+def _close_all_with(exception: BaseException) -> None:
+    with registry_lock:
+        workers = list(open_workers)
+    for worker in workers:
+        with contextlib.suppress(Exception):
+            worker.close(exception)
 
 
 def _disabled(message: Message) -> int:
@@ -260,6 +319,7 @@ def open_worker(
     allow_missing: bool = False,
     settings: WriterSettings | None = None,
     env: Mapping[str, str] | None = None,
+    on_cancel: str = "raise",
 ) -> Worker:
     """Open this process's writer stream in the session that launched it.
 
@@ -269,7 +329,15 @@ def open_worker(
     ``label`` names the writer (e.g. "rank 3"; default: $PIPES_BUS_LABEL, else rank-$RANK).
     Outside a session it raises NotInSessionError, unless ``allow_missing=True``: then it
     warns and returns a worker that reports nothing.
+
+    When the session is cancelled (``pipes-bus cancel``, ``Session.cancel()``, Ctrl-C or a
+    timeout of ``pipes-bus run``), ``on_cancel="raise"`` (the default) stops the program as
+    SIGTERM would: :class:`~pipes_bus.Cancelled` is raised in the main thread, ``closed``
+    carries it and the process exits. With ``on_cancel="flag"`` nothing is raised: check
+    ``worker.cancelled`` (or wait on ``worker.cancel_requested``) and finish cleanly.
     """
+    if on_cancel not in ("raise", "flag"):
+        raise ConfigurationError(f"on_cancel must be 'raise' or 'flag', not {on_cancel!r}.")
     environ = os.environ if env is None else env
     try:
         params = decode_params(environ)
@@ -282,7 +350,7 @@ def open_worker(
             stacklevel=2,
         )
         return Worker(context=Context(), writer=None, params=None, label=label)
-    return _start(params, label or _default_label(), settings, environ)
+    return _start(params, label or _default_label(), settings, environ, on_cancel)
 
 
 def _start(
@@ -290,6 +358,7 @@ def _start(
     label: str | None,
     settings: WriterSettings | None,
     env: Mapping[str, str],
+    on_cancel: str,
 ) -> Worker:
     transport = open_transport(params.bus, **params.storage_options)
     context = load_context(params, transport, env)
@@ -302,10 +371,10 @@ def _start(
                 f"The session signs its chunks, but {KEY_ENV} is not set in this environment."
             )
         key = parse_key(secret)
-    writer = ChunkWriter(
-        transport, params.session, writer_id, _writer_settings(params, settings), key=key
-    )
+    chosen = _writer_settings(params, settings)
+    writer = ChunkWriter(transport, params.session, writer_id, chosen, key=key)
     worker = Worker(context=context, writer=writer, params=params, label=label)
+    heartbeat, check = control_timings(transport, chosen)
     writer.write(
         Opened(
             time=time.time(),
@@ -313,9 +382,10 @@ def _start(
                 id=writer_id,
                 label=label,
                 pid=os.getpid(),
-                host=socket.gethostname(),
+                host=env.get(HOST_ENV) or socket.gethostname(),
                 library=f"pipes_bus {__version__}",
             ),
+            heartbeat=heartbeat,
         )
     )
     # Publish `opened` now: the orchestrator counts this writer from here on.
@@ -323,6 +393,16 @@ def _start(
     with registry_lock:
         open_workers.add(worker)
     install_handlers()
+    worker.on_cancel = on_cancel
+    worker._control = Control(
+        transport,
+        params.session,
+        writer,
+        heartbeat=heartbeat,
+        check=check,
+        on_cancel=worker._cancelled,
+        key=key,
+    ).start()
     if params.capture_output:
         worker._capture = OutputCapture(worker)
         worker._capture.start()

@@ -36,6 +36,49 @@ class WorkerTerminated(BaseException):
         super().__init__(f"received {signal.Signals(signum).name}")
 
 
+class Cancelled(WorkerTerminated):
+    """Raised in the main thread when the session asks its writers to stop.
+
+    ``request`` is the :class:`~pipes_bus._wire.control.CancelRequest`: who asked, and why.
+    Leaving the ``open_worker()`` block with it sends ``closed`` carrying it, then ends the
+    process the way SIGTERM would.
+    """
+
+    def __init__(self, reason: str = "", by: str = "", request: Any = None) -> None:
+        BaseException.__init__(
+            self, f"cancelled by {by or 'the session'}" + (f": {reason}" if reason else "")
+        )
+        self.signum = signal.SIGTERM
+        self.reason = reason
+        self.by = by
+        self.request = request
+
+
+# A cancel request waiting for the main thread to raise it (see cancel_main).
+_pending_cancel: Cancelled | None = None
+
+
+def cancel_main(cancelled: Cancelled, close_all: Any) -> None:
+    """Stop the main thread the way SIGTERM would, with ``cancelled`` as the exception.
+
+    Where pipes_bus handles SIGTERM, the signal goes to the main thread (it interrupts a
+    sleep or a blocking read there) and the handler raises ``cancelled``; where the program
+    handles SIGTERM itself, its handler runs, as on a real SIGTERM; where nobody does, the
+    open workers are closed with ``cancelled`` and the process ends by SIGTERM.
+    """
+    global _pending_cancel
+    if _pending_cancel is not None:
+        return
+    _pending_cancel = cancelled
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+        return
+    close_all(cancelled)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 _atexit_registered = False
 _signals_installed = False
 _previous_handlers: dict[int, Any] = {}
@@ -62,6 +105,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         f = f.f_back
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
+    if signum == signal.SIGTERM and _pending_cancel is not None:
+        raise _pending_cancel
     raise WorkerTerminated(signum)
 
 

@@ -50,9 +50,7 @@ def _from_argv(
 def _from_object(
     source: Mapping[str, Any], env: Mapping[str, str], argv: Sequence[str], transport: Any
 ) -> Context:
-    ref = ObjectRef(
-        source["key"], source.get("max_size", 64 * MiB), source.get("sha256", "")
-    )
+    ref = ObjectRef(source["key"], source.get("max_size", 64 * MiB), source.get("sha256", ""))
     data = get_object(transport, ref, what="context object")
     try:
         return msgspec.json.decode(data, type=Context)

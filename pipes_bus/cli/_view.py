@@ -66,6 +66,7 @@ class PlainView:
         self.labels: dict[str, str] = {}
         self.count = 0
         self._progress_at: dict[tuple[str, str | None], float] = {}
+        self._lost: set[str] = set()
 
     def start(self, header: str) -> None:
         if not self.quiet:
@@ -156,8 +157,18 @@ class PlainView:
         label = f"{message.label}: " if message.label else ""
         self.line(f"[{self.who(writer)}] {label}{message.current:g}{total}{unit}")
 
-    def tick(self) -> None:
-        """Called after each batch."""
+    def tick(self, result: SessionResult | None = None) -> None:
+        """Called after each batch: say which writers were declared lost, once each."""
+        if result is None:
+            return
+        for state in result.lost:
+            if state.id not in self._lost:
+                self._lost.add(state.id)
+                self.line(
+                    f"[{self.who(state.id)}] lost: {state.heard_text()}; "
+                    f"{state.last_message_text()}",
+                    "red",
+                )
 
     def finish(self, result: SessionResult, where: str) -> None:
         custom = result.counts.get("custom", 0)
@@ -230,11 +241,18 @@ class RichView(PlainView):
             task = self._tasks[key] = self.bars.add_task(description, total=message.total)
         self.bars.update(task, completed=message.current, total=message.total)
 
-    def tick(self) -> None:
-        self.bars.update(self.counter, completed=self.count, description=f"messages: {self.count}")
+    def tick(self, result: SessionResult | None = None) -> None:
+        super().tick(result)
+        text = f"messages: {self.count}"
+        if result is not None and result.writers:
+            running = sum(1 for w in result.writers.values() if not w.closed and not w.lost)
+            text += f"  writers: {running} running of {len(result.writers)}"
+            if result.lost:
+                text += f", {len(result.lost)} lost"
+        self.bars.update(self.counter, completed=self.count, description=text)
 
     def finish(self, result: SessionResult, where: str) -> None:
-        self.tick()
+        self.tick(result)
         self.bars.stop()
         super().finish(result, where)
 

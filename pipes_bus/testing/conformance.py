@@ -137,6 +137,29 @@ class TransportConformance:
         transport.delete("d/x")
         assert transport.put_if_absent("d/x", b"2") is True
 
+    def test_walk_finds_every_object_below_a_prefix_with_its_size(
+        self, transport: Transport
+    ) -> None:
+        """walk yields each object below the prefix, at any depth, with its size in bytes."""
+        objects = {"s/a": b"abc", "s/streams/w/0": b"12345", "s/beats/x": b"", "t/y": b"1"}
+        for key, data in objects.items():
+            assert transport.put_if_absent(key, data)
+        assert sorted(transport.walk("s")) == [("s/a", 3), ("s/beats/x", 0), ("s/streams/w/0", 5)]
+        assert list(transport.walk("missing")) == []
+
+    def test_deleting_what_walk_found_leaves_nothing_of_the_prefix(
+        self, transport: Transport
+    ) -> None:
+        """Deleting every key walk found removes the prefix and touches nothing else."""
+        for key in ("s/a", "s/streams/w/0", "s/streams/w/1", "t/y"):
+            assert transport.put_if_absent(key, b"1")
+        for key, _ in list(transport.walk("s")):
+            transport.delete(key)
+        assert transport.list("s") == []
+        assert list(transport.walk("s")) == []
+        assert "s" not in transport.list("")
+        assert transport.get("t/y") == b"1"
+
     def test_an_empty_object_reads_back_with_and_without_a_limit(
         self, transport: Transport
     ) -> None:
@@ -416,6 +439,19 @@ class BucketConformance(TransportConformance):
         assert names == [f"{n:03d}" for n in range(7)] + folders
         assert transport.list("s", after="004") == ["005", "006", *folders]
         assert transport.list("s", after="d3") == ["d4", "d5", "d6"]
+
+    def test_a_walk_follows_pages(self, transport: BucketTransport) -> None:
+        """With small pages, a walk yields every object below the prefix once."""
+        for n in range(7):
+            assert transport.put_if_absent(f"s/{n:03d}", b"12")
+            assert transport.put_if_absent(f"s/d{n}/x", b"1")
+        transport.page_size = 3
+        before = transport.stats.snapshot()["requests"].get("list", 0)
+        found = sorted(transport.walk("s"))
+        assert transport.stats.snapshot()["requests"]["list"] - before == 5
+        assert found == sorted(
+            [(f"s/{n:03d}", 2) for n in range(7)] + [(f"s/d{n}/x", 1) for n in range(7)]
+        )
 
 
 class CredentialsConformance:

@@ -1,8 +1,10 @@
-"""The transport interface: four operations on immutable objects, plus capabilities."""
+"""The transport interface: four operations on immutable objects, a walk for clean-up,
+plus capabilities."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -101,6 +103,18 @@ class Transport:
     def delete(self, key: str) -> None:
         """Remove the object at ``key``; a missing object is not an error."""
         raise NotImplementedError
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every object below ``prefix``, at any depth: ``(key, size in bytes)``.
+
+        Only clean-up uses it (``pipes-bus gc``), never a reader. The default lists folder
+        by folder and cannot tell sizes (-1); a store that lists a whole tree with sizes in
+        one paged request should say so here.
+        """
+        for name in self.list(prefix):
+            key = f"{prefix}/{name}" if prefix else name
+            inner = list(self.walk(key))
+            yield from inner if inner else [(key, -1)]
 
     def close(self) -> None:
         """Release connections. The default does nothing."""

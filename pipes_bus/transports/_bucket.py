@@ -105,6 +105,12 @@ class BucketTransport(Transport):
     def _delete(self, name: str) -> None:
         raise NotImplementedError
 
+    def _walk(self, base: str, token: str | None) -> tuple[Iterable[tuple[str, int]], str | None]:
+        """Optional: one page of every object whose name starts with ``base``, at any depth,
+        with its size, and the next page's token. Without it, :meth:`walk` lists folder by
+        folder and cannot tell sizes."""
+        raise NotImplementedError
+
     def _classify(self, exc: BaseException) -> str:
         """What a failure means (see the class docstring for the verdicts)."""
         if isinstance(exc, FileExistsError):
@@ -196,6 +202,27 @@ class BucketTransport(Transport):
             self._absent(exc, key, "delete")
             return
         self._bucket_seen = True
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        if type(self)._walk is BucketTransport._walk:
+            yield from super().walk(prefix)
+            return
+        base = self._name(prefix)
+        base = f"{base}/" if base else ""
+        root = self._name("")
+        root = f"{root}/" if root else ""
+        token: str | None = None
+        while True:
+            self.stats.count("list")
+            try:
+                page, token = self._walk(base, token)
+                found = [(name[len(root) :], size) for name, size in page]
+            except Exception as exc:
+                self._raise(exc, prefix, "list")
+            self._bucket_seen = True
+            yield from found
+            if not token:
+                return
 
     # --- the shared machinery --------------------------------------------------------
 

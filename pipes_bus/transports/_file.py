@@ -36,6 +36,10 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # Without dir_fd support (Windows), paths are used as they are.
 _WALK = os.open in os.supports_dir_fd and bool(_NOFOLLOW and _DIRECTORY)
 # What opening a planted symbolic link with O_NOFOLLOW fails with (ELOOP on Linux).
+_Found = list[tuple[str, int]]  # what a walk found: (key, size)
+_Parts = list[str]
+# Folders deeper than this below a walk's prefix are not entered (pipes_bus makes three).
+_MAX_DEPTH = 32
 _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP), errno.ENOTDIR}
 
 
@@ -282,6 +286,7 @@ class FileTransport(Transport):
         return [n for n in names if n > after] if after is not None else names
 
     def delete(self, key: str) -> None:
+        """Remove the file at ``key``, and the folders that leaves empty (never the root)."""
         self.stats.count("delete")
         *parts, name = key.split("/")
         with (
@@ -290,6 +295,87 @@ class FileTransport(Transport):
         ):
             if _WALK:
                 with self._folder(parts, key) as folder:
-                    os.unlink(name, dir_fd=folder)
+                    try:
+                        os.unlink(name, dir_fd=folder)
+                    except IsADirectoryError:
+                        os.rmdir(name, dir_fd=folder)  # an empty folder a walk found
             else:  # pragma: no cover - no dir_fd
                 os.unlink(self._path(key))
+        self._prune(parts)
+
+    def _prune(self, parts: _Parts) -> None:
+        while parts:
+            *outer, name = parts
+            try:
+                if _WALK:
+                    with self._folder(outer, "/".join(parts)) as parent:
+                        os.rmdir(name, dir_fd=parent)
+                else:  # pragma: no cover - no dir_fd
+                    os.rmdir(self._path("/".join(parts)))
+            except (OSError, UnreadableObjectError):
+                return  # not empty (or not a folder): it stays, and so do its parents
+            parts = outer
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every file below ``prefix``; a symbolic link, FIFO, device or empty folder counts
+        as an object of size 0 (deleting it unlinks it: nothing is followed)."""
+        self.stats.count("list")
+        parts = [p for p in prefix.split("/") if p]
+        found: _Found = []
+        with store_errors(url=self.url, key=prefix, op="list"):
+            try:
+                if _WALK:
+                    with self._folder(parts, prefix) as folder:
+                        self._walk_from(folder, "/".join(parts), found)
+                else:  # pragma: no cover - no dir_fd
+                    self._walk_by_path("/".join(parts), found)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        yield from found
+
+    def _walk_from(self, top: int, prefix: str, found: _Found) -> None:
+        # Depth first with a stack of open folders (no recursion: a hostile tree may be
+        # deep); a folder deeper than _MAX_DEPTH is listed as an object, and its delete fails.
+        stack: list[tuple[int, str, Iterator[str]]] = [
+            (os.dup(top), prefix, iter(sorted(os.listdir(top))))
+        ]
+        try:
+            while stack:
+                fd, where, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    os.close(stack.pop()[0])
+                    continue
+                if name.startswith(_TEMP_PREFIX):
+                    continue
+                key = f"{where}/{name}" if where else name
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode) and len(stack) < _MAX_DEPTH:
+                    inner = os.open(
+                        name, os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC, dir_fd=fd
+                    )
+                    try:
+                        listed = sorted(os.listdir(inner))
+                    except BaseException:
+                        os.close(inner)
+                        raise
+                    if listed:
+                        stack.append((inner, key, iter(listed)))
+                    else:
+                        os.close(inner)
+                        found.append((key, 0))  # an empty folder: deleting it removes it
+                else:
+                    found.append((key, info.st_size if stat.S_ISREG(info.st_mode) else 0))
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
+
+    def _walk_by_path(self, prefix: str, found: _Found) -> None:  # pragma: no cover
+        root = self._path(prefix)
+        for folder, _, files in os.walk(root, followlinks=False):
+            rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
+            for name in sorted(files):
+                if not name.startswith(_TEMP_PREFIX):
+                    info = os.lstat(os.path.join(folder, name))
+                    size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+                    found.append((f"{rel}/{name}" if rel != "." else name, size))

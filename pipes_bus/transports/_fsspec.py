@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pipes_bus._errors import ObjectTooLargeError, store_errors
@@ -76,6 +77,19 @@ class FsspecTransport(Transport):
                 names.add(name)
         result = sorted(names)
         return [n for n in result if n > after] if after is not None else result
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        self.stats.count("list")
+        root = self._path("").rstrip("/") + "/"
+        with store_errors(url=self.url, key=prefix, op="list"):
+            try:
+                found = self.fs.find(self._path(prefix), detail=True)
+            except FileNotFoundError:
+                return
+        for path, info in sorted(found.items()):
+            key = str(path)[len(root) :] if str(path).startswith(root) else str(path)
+            size = info.get("size")
+            yield key, int(size) if isinstance(size, int) else -1
 
     def delete(self, key: str) -> None:
         self.stats.count("delete")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pipes_bus._errors import ObjectTooLargeError
@@ -71,6 +72,14 @@ class MemoryTransport(Transport):
                 # Skip the rest of a folder: every key below "name/" sorts before "name0".
                 i = bisect.bisect_left(_KEYS, base + name + "0", i + 1) if slash else i + 1
         return names
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+        root = f"{self._root}/" if self._root else ""
+        base = f"{root}{prefix.strip('/')}/" if prefix else root
+        with _LOCK:
+            found = [(k[len(root) :], len(_STORE[k])) for k in _KEYS if k.startswith(base)]
+        self.stats.count("list")
+        yield from found
 
     def delete(self, key: str) -> None:
         path = self._path(key)

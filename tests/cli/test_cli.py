@@ -278,14 +278,15 @@ class TestTailAndLs:
         assert proc.returncode == 2
         assert "There is no session at" in proc.stderr
 
-    def test_ls_lists_sessions_with_their_writers(self, tmp_path: Path, bus: str) -> None:
-        """ls shows one row per session with its writer count."""
+    def test_ls_lists_sessions_with_their_state_and_writers(self, tmp_path: Path, bus: str) -> None:
+        """ls shows one row per session: succeeded, one writer."""
         for _ in range(2):
             assert cli("run", "-q", "--bus", bus, "--", sys.executable, str(HELLO)).returncode == 0
         proc = cli("ls", bus)
         rows = proc.stdout.strip().splitlines()
-        assert rows[0].split() == ["SESSION", "STARTED", "WRITERS"]
-        assert len(rows) == 3 and all(r.endswith(" 1") for r in rows[1:])
+        assert rows[0].split() == ["SESSION", "STATE", "CREATED", "AGE", "WRITERS", "REASON"]
+        assert len(rows) == 3
+        assert all(r.split()[1] == "succeeded" and r.split()[5] == "1" for r in rows[1:])
 
 
 class TestResume:

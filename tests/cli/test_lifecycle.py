@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from pipes_bus._orchestrator.result import EXIT_CANCELLED
 from tests.cli.test_cli import events, worker
 from tests.helpers import cli, cli_command
 
@@ -58,7 +59,8 @@ with pipes_bus.open_worker() as w:
 
 
 class TestInterrupts:
-    """Ctrl-C and SIGTERM on `run`: passed on, escalated on a bounded timeline, nothing left."""
+    """Ctrl-C and SIGTERM on `run`: the session cancelled, the signal passed on, escalated on
+    a bounded timeline, nothing left, status 7."""
 
     def start(self, tmp_path: Path, grace: float) -> tuple[subprocess.Popen[str], Path, list[int]]:
         marks, pids = tmp_path / "marks", tmp_path / "pids"
@@ -88,45 +90,49 @@ class TestInterrupts:
         return path.read_text().split() if path.exists() else []
 
     def test_the_end_of_grace_terminates_then_kills_the_whole_group(self, tmp_path: Path) -> None:
-        """One Ctrl-C reaches the command as SIGINT; when the grace runs out its process
-        group gets SIGTERM, then SIGKILL; run exits 137 and nothing it started is left."""
+        """One Ctrl-C reaches the command as SIGINT and cancels the session (the worker's
+        SIGTERM handler runs); when the grace runs out its process group gets SIGTERM, then
+        SIGKILL; run exits 7 and nothing it started is left."""
         run, marks, pids = self.start(tmp_path, grace=1)
         run.send_signal(signal.SIGINT)
         wait_for(lambda: self.marks(marks)[:1] == ["SIGINT"])
-        wait_for(lambda: "SIGTERM" in self.marks(marks))
         _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 128 + signal.SIGKILL, stderr
-        assert self.marks(marks) == ["SIGINT", "SIGTERM"]
+        assert run.returncode == EXIT_CANCELLED, stderr
+        assert self.marks(marks) == ["SIGINT", "SIGTERM", "SIGTERM"]
         assert not any(alive(pid) for pid in pids)
-        assert "interrupted: passed it on to the command; waiting up to 1 s" in stderr
+        assert "interrupted: cancelled the session and passed the interrupt on" in stderr
+        assert "waiting up to 1 s" in stderr
         assert "killed by SIGKILL after pipes-bus passed on an interrupt" in stderr
+        assert "pipes-bus: the session was cancelled by " in stderr
+        assert "(interrupt): interrupted (Ctrl-C)" in stderr
 
     def test_a_second_ctrl_c_stops_at_once_and_a_third_kills(self, tmp_path: Path) -> None:
         """The second Ctrl-C terminates the group without waiting for the grace; the third
         kills it at once; run never leaves its command behind."""
         run, marks, pids = self.start(tmp_path, grace=600)
         run.send_signal(signal.SIGINT)
-        wait_for(lambda: self.marks(marks) == ["SIGINT"])
+        wait_for(lambda: self.marks(marks) == ["SIGINT", "SIGTERM"])  # the cancel's SIGTERM
         run.send_signal(signal.SIGINT)
-        wait_for(lambda: self.marks(marks) == ["SIGINT", "SIGTERM"])
+        wait_for(lambda: self.marks(marks) == ["SIGINT", "SIGTERM", "SIGTERM"])
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 128 + signal.SIGKILL, stderr
+        assert run.returncode == EXIT_CANCELLED, stderr
         assert not any(alive(pid) for pid in pids)
         assert "killing the command's process group" in stderr
 
     def test_sigterm_is_passed_on_and_escalated_the_same_way(self, tmp_path: Path) -> None:
-        """SIGTERM to run reaches the command's group, and the grace bounds the wait."""
+        """SIGTERM to run reaches the command's group and cancels the session, and the
+        grace bounds the wait."""
         run, marks, pids = self.start(tmp_path, grace=1)
         run.send_signal(signal.SIGTERM)
         _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 128 + signal.SIGKILL, stderr
-        assert self.marks(marks) == ["SIGTERM", "SIGTERM"]
+        assert run.returncode == EXIT_CANCELLED, stderr
+        assert self.marks(marks) == ["SIGTERM", "SIGTERM", "SIGTERM"]
         assert not any(alive(pid) for pid in pids)
 
     def test_a_worker_that_closes_on_ctrl_c_ends_the_run_cleanly(self, tmp_path: Path) -> None:
-        """A worker that handles the interrupt closes its stream: its `closed` is delivered
-        and the status is the command's own (130: it died of the interrupt)."""
+        """A worker that handles the interrupt closes its stream: its `closed` is delivered,
+        and the run, cancelled, exits 7."""
         script = worker(
             tmp_path,
             "import time, pipes_bus\nwith pipes_bus.open_worker() as w:\n"
@@ -151,9 +157,50 @@ class TestInterrupts:
         wait_for(lambda: out.exists() and b'"kind":"log"' in out.read_bytes())
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 130, stderr
+        assert run.returncode == EXIT_CANCELLED, stderr
+        assert "the command was killed by SIGINT after pipes-bus passed on an interrupt" in stderr
         closed = [e for e in events(out) if e["kind"] == "closed"]
         assert closed and closed[0]["exception"]["type"] == "KeyboardInterrupt"
+
+
+class TestTimeout:
+    def test_the_timeout_cancels_and_ends_a_worker_that_ignores_sigterm(
+        self, tmp_path: Path
+    ) -> None:
+        """--timeout 1: the session is cancelled, the worker (whose SIGTERM handler does
+        nothing) gets SIGTERM twice, then SIGKILL once the grace is over; run exits 7 with
+        the timeout as the reason, and nothing is left running."""
+        marks, pids = tmp_path / "marks", tmp_path / "pids"
+        script = worker(tmp_path, STUBBORN)
+        proc = cli(
+            "run",
+            "--bus",
+            str(tmp_path / "bus"),
+            "--timeout",
+            "1",
+            "--grace",
+            "1",
+            "--",
+            sys.executable,
+            script,
+            str(marks),
+            str(pids),
+        )
+        assert proc.returncode == EXIT_CANCELLED, proc.stderr
+        assert "timed out after 1 s (--timeout): cancelled the session" in proc.stderr
+        assert "(timeout): timed out after 1 s (--timeout)" in proc.stderr
+        assert "the command was killed by SIGKILL after pipes-bus timed out" in proc.stderr
+        assert sorted(set(marks.read_text().split())) == ["SIGTERM"]
+        assert not any(alive(int(pid)) for pid in pids.read_text().split())
+
+    def test_a_command_done_before_its_timeout_is_not_cancelled(self, tmp_path: Path) -> None:
+        """A generous --timeout changes nothing for a command that finishes in time."""
+        script = worker(tmp_path, "import pipes_bus\npipes_bus.open_worker().close()\n")
+        proc = cli(
+            "run", "--bus", str(tmp_path / "bus"), "--timeout", "600", "--", sys.executable, script
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "cancel" not in proc.stderr
 
 
 class TestLateWriters:

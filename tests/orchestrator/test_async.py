@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipes_bus import ConfigurationError
-from pipes_bus.orchestrator import AsyncSession, Event, Session
+from pipes_bus.messages import CancelRequest
+from pipes_bus.orchestrator import AsyncSession, Event, Session, SessionResult
 
 # A worker process that reports into many sessions: one writer per session, all open at once.
 MANY = """
@@ -110,3 +111,26 @@ class TestOpening:
 
         assert asyncio.run(again()) == [0, 1, 2]
         assert first.counts == {"opened": 1, "custom": 1, "closed": 1}
+
+
+class TestCancel:
+    def test_an_async_session_cancels_and_follows_to_the_end(self, tmp_path: Path) -> None:
+        """await session.cancel(): the worker stops (flag mode), its report and `closed`
+        arrive, and the result is cancelled, status 7, with the request that was made."""
+        from pipes_bus import open_worker
+
+        async def go() -> tuple[CancelRequest, SessionResult]:
+            async with AsyncSession(str(tmp_path / "bus"), sources=[]) as session:
+                worker = open_worker(env=session.env, on_cancel="flag")
+                request = await session.cancel("from the loop")
+                await asyncio.get_running_loop().run_in_executor(
+                    None, worker.cancel_requested.wait, 60
+                )
+                worker.report_custom_message(worker.cancelled.reason)  # type: ignore[union-attr]
+                worker.close()
+                return request, await session.wait()
+
+        request, result = asyncio.run(go())
+        assert result.cancelled == request
+        assert [e.message.payload for e in result.custom_messages] == ["from the loop"]  # type: ignore[union-attr]
+        assert result.exit_status() == 7

@@ -224,6 +224,35 @@ class TestReattach:
         seqs = [e.seq for e in consumed + rest if isinstance(e, Event)]
         assert seqs == list(range(152))
 
+    def test_a_takeover_knows_each_writers_liveness_and_records_the_end(self, bus: str) -> None:
+        """The checkpoint keeps each writer's heartbeat and when it was last heard; a
+        follower attached with it starts from there, and on closing records how the
+        session ended (a follower attached without a cursor records nothing)."""
+        from pipes_bus.orchestrator import SessionCursor, session_info
+
+        fake = FakeClock(0.0)
+        first = _session(bus, fake)
+        writer = ChunkWriter(first.transport, first.id, "w")
+        writer.write(Opened(info=WriterInfo(id="w", host="elsewhere"), heartbeat=30.0))
+        writer.flush()
+        list(first.follow(done=lambda: True, grace=0))
+        saved = SessionCursor.loads(first.checkpoint().dumps())
+        summary = saved.writers["w"]
+        assert summary.heartbeat == 30.0 and summary.last_heard is not None
+        watcher = Session.attach(open_transport(bus), first.id, sleep=fake.sleep, clock=fake)
+        writer.close()
+        watcher.wait()
+        watcher.close()
+        assert session_info(open_transport(bus), first.id).state == "running"
+        second = Session.attach(
+            open_transport(bus), first.id, cursor=saved, sleep=fake.sleep, clock=fake
+        )
+        assert second.result.writers["w"].last_heard == summary.last_heard
+        assert second.wait().ok
+        second.close()
+        info = session_info(open_transport(bus), first.id)
+        assert (info.state, info.status) == ("succeeded", 0)
+
 
 class TestBusUrl:
     def test_default_bus_is_a_local_directory_under_the_cache(

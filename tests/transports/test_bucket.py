@@ -32,7 +32,7 @@ class StoreFault(Exception):
 
 
 class DictBucket(BucketTransport):
-    """The whole of a plugin: five small methods on one pretend store's requests."""
+    """The whole of a plugin: six small methods on one pretend store's requests."""
 
     page_size = 2  # small pages, so that every listing here takes several
 
@@ -85,6 +85,13 @@ class DictBucket(BucketTransport):
         with LOCK:
             if self._store().pop(name, None) is None:
                 raise StoreFault(404, "NoSuchKey")
+
+    def _walk(self, base: str, token: str | None) -> tuple[Iterable[tuple[str, int]], str | None]:
+        with LOCK:
+            found = sorted((n, len(d)) for n, d in self._store().items() if n.startswith(base))
+        found = [f for f in found if token is None or f[0] > token]
+        page = found[: self.page_size or len(found)]
+        return page, (page[-1][0] if len(found) > len(page) else None)
 
     def _classify(self, exc: BaseException) -> str:
         if isinstance(exc, StoreFault):
@@ -190,6 +197,25 @@ class TestRequests:
         assert transport.list("s", after="b") == ["c", "d"]
         assert transport.list("") == ["s", "t"]
         assert transport.list("nothing") == []
+
+    def test_a_walk_gives_every_object_below_with_sizes_page_by_page(self, bucket: str) -> None:
+        """walk pages through _walk's (name, size) pairs, keys relative to the bus."""
+        transport = DictBucket(f"dict://{bucket}/p")
+        for key in ("s/a", "s/b/x", "s/b/y", "t/z"):
+            assert transport.put_if_absent(key, key.encode())
+        assert list(transport.walk("s")) == [("s/a", 3), ("s/b/x", 5), ("s/b/y", 5)]
+        assert transport.stats.snapshot()["requests"]["list"] == 2
+
+    def test_without_a_walk_hook_folders_are_listed_and_sizes_unknown(self, bucket: str) -> None:
+        """A plugin with no _walk still walks: folder by folder, each size -1."""
+
+        class NoWalk(DictBucket):
+            _walk = BucketTransport._walk
+
+        transport = NoWalk(f"dict://{bucket}")
+        for key in ("s/a", "s/b/x", "t/z"):
+            assert transport.put_if_absent(key, b"1")
+        assert list(transport.walk("s")) == [("s/a", -1), ("s/b/x", -1)]
 
     def test_over_max_size_is_too_large_with_the_true_size(self, bucket: str) -> None:
         """data None from _get is ObjectTooLargeError naming the key, nothing received."""

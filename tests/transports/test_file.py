@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipes_bus import UnreadableObjectError
+from pipes_bus import PipesBusError, UnreadableObjectError
 from pipes_bus._wire.chunk import build_chunk
 from pipes_bus._wire.keys import chunk_key
 from pipes_bus.log import ChunkWriter, SessionReader, WriterSettings
@@ -190,3 +190,46 @@ class TestHostileObjects:
             assert out == [f"[({chunk_key(SESSION, 'w', 0)!r}, 'unreadable')]", "['other']"]
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+class TestWalk:
+    """A walk for clean-up follows nothing out of the bus and ends on any tree."""
+
+    def test_links_fifos_and_devices_are_objects_and_deleting_them_unlinks_only(
+        self, root: Path, tmp_path: Path
+    ) -> None:
+        """A planted link (to a file or a folder outside), a FIFO: each is walked as an
+        object of size 0 and deleted as a link; what it points at is untouched."""
+        bus = FileTransport(str(root))
+        assert bus.put_if_absent("s/streams/w/0", b"12345")
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "precious").write_bytes(b"keep me")
+        (root / "s" / "to-folder").symlink_to(outside)
+        (root / "s" / "to-file").symlink_to(outside / "precious")
+        os.mkfifo(root / "s" / "fifo")
+        found = sorted(bus.walk("s"))
+        assert found == [("s/fifo", 0), ("s/streams/w/0", 5), ("s/to-file", 0), ("s/to-folder", 0)]
+        for key, _ in found:
+            bus.delete(key)
+        assert not (root / "s").exists()
+        assert (outside / "precious").read_bytes() == b"keep me"
+
+    def test_a_tree_deeper_than_the_walk_enters_ends_with_the_deep_folder_named(
+        self, root: Path
+    ) -> None:
+        """A hostile tree 200 folders deep: the walk stops entering at its depth limit and
+        names the folder there (its delete then fails, naming it); no recursion error."""
+        bus = FileTransport(str(root))
+        deep = root / "s"
+        for n in range(200):
+            deep = deep / f"d{n}"
+        deep.mkdir(parents=True)
+        (deep / "x").write_bytes(b"1")
+        found = list(bus.walk("s"))
+        assert len(found) == 1
+        key, size = found[0]
+        assert key == "s/" + "/".join(f"d{n}" for n in range(32)) and size == 0
+        with pytest.raises(PipesBusError) as info:
+            bus.delete(key)
+        assert key in str(info.value) or str(root) in str(info.value)

@@ -108,7 +108,7 @@ class TestChunkHeader:
             "crc32",
         ]
         assert header["format"] == "pipes-bus-chunk"
-        assert header["protocol"] == "1.0"
+        assert header["protocol"] == "1.1"
         assert (header["writer"], header["chunk"], header["first"], header["count"]) == (
             "w-1",
             7,
@@ -133,7 +133,7 @@ class TestChunkHeader:
         data = chunk()
         header, line, body = parse_header(data)
         assert isinstance(header, ChunkHeader)
-        assert (header.format, header.protocol, header.count) == (FORMAT, "1.0", 3)
+        assert (header.format, header.protocol, header.count) == (FORMAT, "1.1", 3)
         assert line + b"\n" + body == data
 
     def test_header_without_format_and_protocol_is_foreign(self) -> None:
@@ -340,7 +340,7 @@ class TestProtocolVersions:
         p = problem(forge(body_of(MESSAGES[:1]), protocol="2.0"))
         assert p.reason == "newer_protocol"
         assert p.detail == (
-            "the chunk uses protocol 2.0; this reader speaks 1.0. "
+            "the chunk uses protocol 2.0; this reader speaks 1.1. "
             "Upgrade pipes_bus on the orchestrator side."
         )
 

@@ -338,4 +338,4 @@ class TestProtocolVersion:
 
     def test_version_parts_agree(self) -> None:
         """PROTOCOL_VERSION is "MAJOR.MINOR" built from PROTOCOL_MAJOR and PROTOCOL_MINOR."""
-        assert PROTOCOL_VERSION == f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}" == "1.0"
+        assert PROTOCOL_VERSION == f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}" == "1.1"

@@ -184,6 +184,26 @@ class AzureBlobTransport(BucketTransport):
     def _delete(self, name: str) -> None:
         sync(self.fs.loop, self._remove, name)
 
+    def _walk(self, base: str, token: str | None) -> tuple[Iterable[tuple[str, int]], str | None]:
+        page: tuple[list[tuple[str, int]], str | None] = sync(
+            self.fs.loop, self._walk_page, base, token
+        )
+        return page
+
+    async def _walk_page(
+        self, base: str, token: str | None
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        container = self.fs.service_client.get_container_client(self.container)
+        options: dict[str, Any] = {"name_starts_with": base or None}
+        if self.page_size is not None:
+            options["results_per_page"] = self.page_size
+        pages = container.list_blobs(**options).by_page(continuation_token=token)
+        found: list[tuple[str, int]] = []
+        async for page in pages:
+            found.extend([(item.name, int(item.size or 0)) async for item in page])
+            break  # one request: the base asks for the next page with the token
+        return found, pages.continuation_token
+
     async def _remove(self, name: str) -> None:
         await self._blob(name).delete_blob()
 

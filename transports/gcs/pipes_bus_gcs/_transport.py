@@ -144,6 +144,18 @@ class GCSTransport(BucketTransport):
     def _delete(self, name: str) -> None:
         self.fs.call("DELETE", "b/{}/o/{}", self.bucket, name)
 
+    def _walk(self, base: str, token: str | None) -> tuple[Iterable[tuple[str, int]], str | None]:
+        params: dict[str, Any] = {
+            "prefix": base,
+            "maxResults": self.page_size or 1000,
+            "fields": "items(name,size),nextPageToken",
+        }
+        if token:
+            params["pageToken"] = token
+        page = self.fs.call("GET", "b/{}/o", self.bucket, json_out=True, **params)
+        found = [(item["name"], int(item.get("size", -1))) for item in page.get("items", ())]
+        return found, page.get("nextPageToken")
+
     def _probe_bucket(self, name: str) -> None:
         self.fs.call(
             "GET",

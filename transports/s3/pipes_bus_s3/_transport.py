@@ -95,6 +95,16 @@ class S3Transport(BucketTransport):
     def _delete(self, name: str) -> None:
         self.fs.call_s3("delete_object", Bucket=self.bucket, Key=name)
 
+    def _walk(self, base: str, token: str | None) -> tuple[Iterable[tuple[str, int]], str | None]:
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
+        if token:
+            request["ContinuationToken"] = token
+        if self.page_size is not None:
+            request["MaxKeys"] = self.page_size
+        page = self.fs.call_s3("list_objects_v2", **request)
+        found = [(item["Key"], int(item.get("Size", -1))) for item in page.get("Contents", ())]
+        return found, page.get("NextContinuationToken") if page.get("IsTruncated") else None
+
     def _classify(self, exc: BaseException) -> str:
         return classify(exc)
 
