@@ -48,6 +48,8 @@ from tests.launchers.end_to_end import (
     wait_for,
 )
 
+# This checkout: the editable install's .pth files point into it, so the container needs it.
+REPO = Path(__file__).resolve().parents[2]
 LABEL = "pipes-bus.session"
 OutputLine = tuple[str, str]  # (stream, text), as Job.output() gives them
 MISSING = "pipes-bus-no-such-image:1"
@@ -117,7 +119,7 @@ def podman() -> Iterator[Engine]:
 
 def options(engine: Engine, tmp_path: Path, **more: Any) -> dict[str, Any]:
     """The launcher options that run this host's Python in the host image."""
-    volumes = host_mounts("/work/main", str(tmp_path))
+    volumes = host_mounts(str(REPO), str(tmp_path))
     return {"image": engine.image, "volumes": volumes, "network": "host", **more}
 
 
