@@ -14,6 +14,13 @@ messages sent, seconds spent emitting, its peak RSS, and what else it noted.
                                  Unix time T, then close
     unencodable --count N        N messages, one payload nothing can encode (it raises at
                                  the call and is skipped), N more: 2N delivered
+    wake --procs P --writers N   P processes with N writers each (one open_worker per
+          --until T --speak K    writer), all quiet until the Unix time T; then the first
+                                 writer of each of the first K processes reports one
+                                 message {"r": r, "t": time.time()}; all close 20 s later
+    threads --writers N          N threads in this process, each with a writer of its own
+          --count M              through the log API (a ChunkWriter on one shared
+                                 transport), each writing M messages {"r": w, "i": i}
     sessions --envs FILE         one writer per session environment in FILE (a JSON list),
           --count N --interval S all in this process: each reports N messages {"i": i,
                                  "t": time.time()}, one every S seconds, then closes
@@ -91,6 +98,18 @@ def _idle(rank: int, until: float) -> None:
         time.sleep(max(0.0, until - time.time()))
 
 
+def _wake(rank: int, writers: int, until: float, speak: int) -> None:
+    workers = [pipes_bus.open_worker(label=f"quiet {rank}.{i}") for i in range(writers)]
+    try:
+        time.sleep(max(0.0, until - time.time()))
+        if rank < speak:
+            workers[0].report_custom_message({"r": rank, "t": time.time()})
+        time.sleep(20)
+    finally:
+        for worker in workers:
+            worker.close()
+
+
 def children(target: Any, procs: int, *args: Any) -> None:
     """Run ``target(rank, *args)`` in ``procs`` forked processes; fail if any did."""
     ctx = multiprocessing.get_context("fork")
@@ -131,6 +150,34 @@ def sessions(envs: str, count: int, interval: float) -> int:
     return count * len(workers)
 
 
+def threads(writers: int, count: int) -> int:
+    import threading
+
+    from pipes_bus._wire.bootstrap import decode_params
+    from pipes_bus.log import ChunkWriter
+    from pipes_bus.messages import Custom, Opened, WriterInfo
+    from pipes_bus.transports import open_transport
+
+    params = decode_params()
+    transport = open_transport(params.bus, **params.storage_options)
+    start = threading.Barrier(writers)
+
+    def one(w: int) -> None:
+        writer_id = f"t-{w:05d}"
+        with ChunkWriter(transport, params.session, writer_id) as writer:
+            writer.write(Opened(time=time.time(), info=WriterInfo(id=writer_id)))
+            start.wait()
+            for i in range(count):
+                writer.write(Custom(payload={"r": w, "i": i}))
+
+    pool = [threading.Thread(target=one, args=(w,)) for w in range(writers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return writers * count
+
+
 def cancelled() -> int:
     with pipes_bus.open_worker():
         print("ready", flush=True)
@@ -158,8 +205,11 @@ def main() -> None:
         "unencodable": ["count"],
         "cancelled": [],
         "sessions": ["envs", "count", "interval"],
+        "threads": ["writers", "count"],
+        "wake": ["procs", "writers", "until", "speak", "preload"],
     }
     kinds = {"count": int, "procs": int, "size": int, "pad": int, "rate": float}
+    kinds |= {"writers": int, "speak": int}
     kinds |= {"seconds": float, "until": float, "interval": float, "envs": str}
     for name, names in options.items():
         s = sub.add_parser(name)
@@ -179,10 +229,14 @@ def main() -> None:
     elif args.workload == "idle":
         children(_idle, args.procs, args.until)
         sent = 0
+    elif args.workload == "wake":
+        children(_wake, args.procs, args.writers, args.until, args.speak)
+        sent = min(args.speak, args.procs)
     else:
         run = {"burst": burst, "trickle": trickle, "stream": stream, "unencodable": unencodable}
         run["cancelled"] = cancelled
         run["sessions"] = sessions
+        run["threads"] = threads
         sent = run[args.workload](*(getattr(args, o) for o in options[args.workload]))
     seconds = time.perf_counter() - started
     if args.report:

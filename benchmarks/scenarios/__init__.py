@@ -18,9 +18,11 @@ from scenarios import (
     idle,
     latency,
     launchers,
+    scale,
     sessions,
     startup,
     throughput,
+    wake,
 )
 
 DAGSTER = ("dagster", "dagster_pipes", "dagster_aws")
@@ -40,11 +42,13 @@ SCENARIOS = [
     ),
     Scenario("memory", delivery.memory, delivery.memory_tables, delivery.memory_plot),
     Scenario("fanin", delivery.fanin, delivery.fanin_tables, delivery.fanin_plot),
+    Scenario("scale", scale.scale, scale.tables),
     Scenario("idle", idle.idle, idle.tables, idle.plot, idle.compare),
     Scenario("cancel", control.cancel, control.tables),
     Scenario("control-cost", control.cost, control.cost_tables),
     Scenario("launchers", launchers.launchers, launchers.tables),
     Scenario("sessions", sessions.sessions, sessions.tables),
+    Scenario("wake", wake.wake, wake.tables),
     Scenario("trickle", latency.trickle, latency.trickle_tables, latency.trickle_plot),
     Scenario(
         "reference-trickle",

@@ -207,15 +207,18 @@ class ReaderCore:
         """An idle stream's probe interval under the idle budget.
 
         An idle session spends at most ``idle_rate`` requests per second: about 70% on
-        probes (one per open stream; half, when it follows beats too: a quarter goes to the
-        beats feed), the rest on listings and gap scans.
+        probes (one per open stream), the rest on listings and gap scans. A session that
+        follows beats gives two thirds to the beats feed and a fifth to the probes, which
+        then only back the wake beats up (a lost or late one costs latency, never data).
         """
-        share = 2.0 if self.beats else 1.4
+        share = 5.0 if self.beats else 1.4
         return share * (len(self.open_writers) + 1) / self.idle_rate
 
     def feed_every(self) -> float:
-        """Seconds between listings of the beats feed (a quarter of the idle budget)."""
-        return max(self.schedule.minimum, 4.0 / self.idle_rate)
+        """Seconds between listings of the beats feed (two thirds of the idle budget: a
+        writer that speaks after a quiet spell leaves a wake beat there, so the feed, not
+        the per-stream probes, is what hears quiet writers soon, however many there are)."""
+        return max(self.schedule.minimum, 1.5 / self.idle_rate)
 
     def read_beats(
         self, now: float, out: list[Item] | None = None, *, window: float = BEAT_WINDOW
@@ -224,12 +227,10 @@ class ReaderCore:
         writers whose clocks are behind): note who was heard, probe who has news."""
         self._feed_at = now
         prefix = _keys.beats_prefix(self.session)
-        after = (
-            f"{max(0, self._beats_latest - int(window * 1000)):013d}"
-            if self._beats_latest
-            else None
-        )
-        outcome, now = yield List(prefix, after)
+        # The whole feed, every time: each writer keeps one beat there (it deletes the one
+        # before), so one listing page covers a thousand writers, and a writer whose clock
+        # is behind (or ahead of) the others' is never listed out of view.
+        outcome, now = yield List(prefix, None)
         names = self._listed(outcome, prefix, out)
         for name in names or ():
             if name in self._beats_seen:
@@ -255,9 +256,9 @@ class ReaderCore:
             self.beat_counts[writer] = self.beat_counts.get(writer, 0) + 1
             if wake and not stream.closed:
                 stream.due = now  # it has news: probe it on this pass
-        # Names older than the window are never listed again: forget them.
-        floor = f"{max(0, self._beats_latest - int(window * 1000)):013d}"
-        self._beats_seen = {n for n in self._beats_seen if n >= floor}
+        # Names no longer listed were deleted (replaced by newer beats): forget them.
+        if names is not None:
+            self._beats_seen &= set(names)
 
     def verify(self, now: float, writers: list[str], *, window: float) -> Pass:
         """Before a writer is declared lost: probe its stream, list the beats feed

@@ -159,6 +159,9 @@ class ChunkWriter:
         self._error: DeliveryError | None = None
         self.chunks_published = 0
         self._published_at = clock()
+        #: Called in the writer's thread after each chunk is published, with the seconds
+        #: the writer had been quiet before it (the worker's control leaves a wake beat).
+        self.on_published: Callable[[float], None] | None = None
         self.bytes_published = 0
         self._thread = threading.Thread(
             target=self._run, name=f"pipes-bus-writer-{writer}", daemon=True
@@ -440,10 +443,13 @@ class ChunkWriter:
                 _log.error("%s", error)
                 return
             with self._lock:
+                quiet = self._clock() - self._published_at
                 self._published = sealed.first + sealed.count
                 self._published_at = self._clock()
                 self._pending -= sealed.size
                 self._cond.notify_all()
+            if self.on_published is not None:
+                self.on_published(quiet)
 
     def _publish(self, sealed: _Sealed) -> None:
         body = sealed.body  # never mutated after sealing: no copy needed

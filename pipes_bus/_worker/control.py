@@ -31,6 +31,9 @@ _log = logging.getLogger("pipes_bus")
 UNREADABLE = "(the cancel request could not be read)"
 _CANCEL = msgspec.json.Decoder(CancelRequest)
 _ENCODE = msgspec.json.Encoder()
+# A chunk published after this many quiet seconds comes with a wake beat: by then a
+# follower probes the stream less often than the beats feed it lists (see ReaderCore).
+WAKE_AFTER = 2.0
 
 
 class Control:
@@ -64,6 +67,7 @@ class Control:
         self._stop = threading.Event()
         self._beat_at = clock()
         self._last_beat: str | None = None
+        self._beating = threading.Lock()
         self.beats = 0
         self.cancel: CancelRequest | None = None
         self._warned = False
@@ -72,9 +76,22 @@ class Control:
         )
 
     def start(self) -> Control:
-        """Start watching."""
+        """Start watching; leave a wake beat whenever the writer publishes after a quiet
+        spell, so that a follower that probes quiet streams rarely hears it at once."""
+        if self.heartbeat is not None:
+            self.writer.on_published = self._published
         self._thread.start()
         return self
+
+    def _published(self, quiet: float) -> None:
+        if quiet < WAKE_AFTER:
+            return
+        try:
+            self.beat(wake=True)
+        except PipesBusError as exc:  # the chunk is out: a lost wake costs latency only
+            if not self._warned:
+                self._warned = True
+                _log.warning("pipes_bus control channel: %s", exc)
 
     def stop(self) -> None:
         """Stop watching (the writer is closing)."""
@@ -131,6 +148,10 @@ class Control:
 
     def beat(self, *, wake: bool = False) -> None:
         """Leave a beat now: the writer's position, on its own clock."""
+        with self._beating:  # the control thread (quiet) and the writer's (wake) both beat
+            self._beat(wake)
+
+    def _beat(self, wake: bool) -> None:
         wall = time.time()
         beat = Beat(
             writer=self.writer.writer,

@@ -40,8 +40,10 @@ class Script:
                 self.requests.append(request)
                 if type(request) is Get:
                     outcome = self.objects.get(request.key)
-                elif type(request) is List:
-                    outcome = self.listings.get(request.prefix, [])
+                elif type(request) is List:  # as a store lists: only names after `after`
+                    listed = self.listings.get(request.prefix, [])
+                    after = request.after
+                    outcome = listed if after is None else [n for n in listed if n > after]
                 else:
                     outcome = None
                 request = pass_.send((outcome, now))
@@ -117,3 +119,37 @@ class TestReaderCore:
         core = ReaderCore(S, discover_interval=0, claims=frozenset({"_dagster"}))
         items = Script({}, {streams_prefix(S): ["_dagster"]}).run(core.poll(0.0))
         assert items == [] and core.writers == [] and core.claimed == {"_dagster"}
+
+
+class TestWakeBeats:
+    def test_a_wake_beat_is_heard_whatever_the_clocks_of_the_writers(self) -> None:
+        """One writer's clock is 10 minutes ahead, another's an hour behind: the feed lists
+        every beat each time (not after the newest seen), so the late clock's wake beat
+        still makes its quiet stream due at once, and its new chunk is read on that pass."""
+        from pipes_bus._wire.keys import beat_key, beats_prefix
+
+        core = ReaderCore(S, beats=True)
+        opened = {
+            chunk_key(S, w, 0): chunk(w, 0, 0, [Custom(payload=f"{w} opened")])
+            for w in ("ahead", "behind")
+        }
+        listings: dict[str, Any] = {streams_prefix(S): ["ahead", "behind"], beats_prefix(S): []}
+        script = Script(opened, listings)
+        script.run(core.poll(0.0))
+        for t in range(1, 400):  # quiet for a while: the streams back off
+            script.run(core.poll(float(t)))
+        now = 1_800_000_000_000
+        ahead = beat_key(S, "ahead", now + 600_000).rsplit("/", 1)[1]
+        listings[beats_prefix(S)] = [ahead]
+        t = 400.0
+        while core.heard.get("ahead", 0.0) == 0.0:  # until the feed has listed it
+            t += 0.5
+            script.run(core.poll(t), t)
+        script.objects[chunk_key(S, "behind", 1)] = chunk("behind", 1, 1, [Custom(payload=2)])
+        behind = beat_key(S, "behind", now - 3_600_000, wake=True).rsplit("/", 1)[1]
+        listings[beats_prefix(S)] = sorted([ahead, behind])
+        t += core.feed_every()
+        script.requests.clear()
+        items = script.run(core.poll(t), t)
+        assert [i.message.payload for i in items] == [2]
+        assert core.beat_counts.get("behind") == 1  # listed, an hour behind the other

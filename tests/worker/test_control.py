@@ -76,6 +76,51 @@ class TestBeats:
         assert newer != name and made.beats == 2
         writer.close()
 
+    def test_a_chunk_after_a_quiet_spell_comes_with_a_wake_beat(
+        self, tmp_path: Path, wait_until: WaitUntil
+    ) -> None:
+        """Published after 2 s or more of quiet: one wake beat (it replaces the last beat);
+        published sooner: none. A follower lists the beats, not every quiet stream."""
+        bus = FileTransport(str(tmp_path))
+        clock = FakeClock()
+        made, writer, _ = control(bus, clock=clock, heartbeat=60.0)
+        made.start()
+        try:
+            writer.write(Custom(payload=1))
+            writer.flush()
+            assert bus.list(beats_prefix(SESSION)) == []  # it had just opened
+            clock.advance(1.5)
+            writer.write(Custom(payload=2))
+            writer.flush()
+            assert bus.list(beats_prefix(SESSION)) == []  # not quiet long enough
+            clock.advance(2.5)
+            writer.write(Custom(payload=3))
+            writer.flush()
+            wait_until(lambda: bool(bus.list(beats_prefix(SESSION))))  # the writer's thread
+            [name] = bus.list(beats_prefix(SESSION))
+            _, wake, who = parse_beat(name) or (0, False, "")
+            assert (wake, who) == (True, "w-1") and made.beats == 1
+            beat = msgspec.json.decode(bus.get(f"{beats_prefix(SESSION)}/{name}") or b"", type=Beat)
+            assert (beat.seq, beat.wake) == (3, True)  # it names what is there to read
+        finally:
+            made.stop()
+            writer.close()
+
+    def test_a_writer_without_heartbeats_leaves_no_wake_beat(self, tmp_path: Path) -> None:
+        """heartbeat=0 (none): no beats of any kind, wake beats included."""
+        bus = FileTransport(str(tmp_path))
+        clock = FakeClock()
+        made, writer, _ = control(bus, clock=clock, heartbeat=None)
+        made.start()
+        try:
+            clock.advance(10)
+            writer.write(Custom(payload=1))
+            writer.flush()
+            assert bus.list(beats_prefix(SESSION)) == []
+        finally:
+            made.stop()
+            writer.close()
+
     def test_a_writer_that_publishes_leaves_no_beat(self, tmp_path: Path) -> None:
         """A chunk is a sign of life: publishing resets the quiet time."""
         bus = FileTransport(str(tmp_path))
