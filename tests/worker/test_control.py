@@ -96,7 +96,7 @@ class TestBeats:
             clock.advance(2.5)
             writer.write(Custom(payload=3))
             writer.flush()
-            wait_until(lambda: bool(bus.list(beats_prefix(SESSION))))  # the writer's thread
+            wait_until(lambda: made.beats == 1)  # left from the writer's thread
             [name] = bus.list(beats_prefix(SESSION))
             _, wake, who = parse_beat(name) or (0, False, "")
             assert (wake, who) == (True, "w-1") and made.beats == 1
