@@ -80,8 +80,8 @@ def sessions(ctx: Context) -> Iterator[Row]:
     run and given per session-hour; every session must get its messages exactly once, in
     order, and end with status 0.
     """
-    count = ctx.opt("sessions", 200, quick=20)
-    messages, interval = ctx.opt("messages", 12, quick=3), ctx.opt("interval", 10.0, quick=2.0)
+    count = ctx.opt("sessions", 200, quick=8)
+    messages, interval = ctx.opt("messages", 12, quick=2), ctx.opt("interval", 10.0, quick=1.0)
     with open_store("s3") as store:
         m = asyncio.run(_follow_all(store.url, count, messages, interval, ctx.tmp))
     hours = m["seconds"] / 3600

@@ -42,8 +42,8 @@ def wake(ctx: Context) -> Iterator[Row]:
     orchestrator's own requests (the workers' cancel checks and beats left out) are
     counted over the last 60 s of the quiet spell.
     """
-    quiet = ctx.opt("quiet", 90.0, quick=15.0)
-    for writers in ctx.opt("writers", [64, 256], quick=[16]):
+    quiet = ctx.opt("quiet", 90.0, quick=8.0)
+    for writers in ctx.opt("writers", [64, 256], quick=[8]):
         procs = max(4, writers // 64)
         with s3_proxied() as store:
             start = store.proxy.now()
