@@ -163,3 +163,19 @@ def as_env(value: Any, option: str = "env") -> dict[str, str]:
     raise ConfigurationError(
         f'The {option!r} option must map names to strings, e.g. {{"LEVEL": "debug"}}.'
     )
+
+
+def as_resources(value: Any, option: str, example: str) -> dict[str, float]:
+    """An option that maps resource names to numbers (``example``: one, for the message)."""
+    from pipes_bus._errors import ConfigurationError
+
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        return dict(value)
+    raise ConfigurationError(
+        f"The {option!r} option must map resource names to numbers, e.g. {example}."
+    )

@@ -33,6 +33,7 @@ from pipes_bus.launchers._base import (
     LaunchSpec,
     OutputLine,
     as_env,
+    as_resources,
 )
 
 __all__ = ["DaskJob", "DaskLauncher", "run_command"]
@@ -327,7 +328,7 @@ class DaskLauncher(Launcher):
             raise ConfigurationError("The 'tasks' option must be a whole number, 1 or more.")
         self.address = address
         self.tasks = tasks
-        self.resources = _resources(resources)
+        self.resources = as_resources(resources, "resources", '{"GPU": 1}')
         self.env = as_env(env)
 
     def describe(self) -> str:
@@ -449,16 +450,3 @@ def _one_line(exc: BaseException | None) -> str:
         return "an unknown error"
     text = " ".join(str(exc).split())
     return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
-
-
-def _resources(value: Any) -> dict[str, float]:
-    if value is None:
-        return {}
-    if isinstance(value, Mapping) and all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in value.items()
-    ):
-        return dict(value)
-    raise ConfigurationError(
-        "The 'resources' option must map Dask resource names to numbers, e.g. {\"GPU\": 1}."
-    )

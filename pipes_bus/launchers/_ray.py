@@ -28,6 +28,7 @@ from pipes_bus.launchers._base import (
     LaunchSpec,
     OutputLine,
     as_env,
+    as_resources,
 )
 
 __all__ = ["RayJob", "RayLauncher"]
@@ -176,7 +177,7 @@ class RayLauncher(Launcher):
         )
         self.num_cpus = _number(entrypoint_num_cpus, "entrypoint_num_cpus")
         self.num_gpus = _number(entrypoint_num_gpus, "entrypoint_num_gpus")
-        self.resources = _resources(entrypoint_resources)
+        self.resources = as_resources(entrypoint_resources, "entrypoint_resources", '{"TPU": 1}')
         self.metadata = as_env(metadata, "metadata")
         self.env = as_env(env)
         if submission_id is not None and not (isinstance(submission_id, str) and submission_id):
@@ -329,16 +330,3 @@ def _number(value: Any, option: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigurationError(f"The {option!r} option must be a number (0 or more).")
     return value
-
-
-def _resources(value: Any) -> dict[str, float]:
-    if value is None:
-        return {}
-    if isinstance(value, Mapping) and all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in value.items()
-    ):
-        return dict(value)
-    raise ConfigurationError(
-        "The 'entrypoint_resources' option must map resource names to numbers, e.g. {\"TPU\": 1}."
-    )
