@@ -74,6 +74,25 @@ class TestRun:
         assert lines[1]["payload"] == [1, "a"]
         assert proc.stderr == ""
 
+    def test_captured_output_is_printed_once_and_still_carried(
+        self, tmp_path: Path, bus: str
+    ) -> None:
+        """With --capture-output a line the worker prints reaches the terminal once (its real
+        stdout), and the bus still carries it as one output event."""
+        script = worker(
+            tmp_path,
+            "import pipes_bus\nwith pipes_bus.open_worker():\n    print('line-77', flush=True)\n",
+        )
+        out = tmp_path / "events.jsonl"
+        proc = cli(
+            "run", "--capture-output", "--bus", bus, "--events", str(out),
+            "--", sys.executable, script,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert (proc.stdout + proc.stderr).count("line-77") == 1
+        carried = [line for line in events(out) if line["kind"] == "output"]
+        assert [(line["stream"], line["text"]) for line in carried] == [("stdout", "line-77\n")]
+
     def test_the_context_reaches_the_worker(self, tmp_path: Path, bus: str) -> None:
         """--context JSON and @file are injected and loaded by the worker."""
         script = worker(

@@ -353,8 +353,12 @@ class TestProtocolVersions:
 
     @pytest.mark.parametrize("version", ["0.9", "x", ""])
     def test_older_or_unreadable_versions_are_corrupt(self, version: str) -> None:
-        """A version below 1 or not a version at all is corrupt."""
-        assert problem(forge(body_of(MESSAGES[:1]), protocol=version)).reason == "corrupt"
+        """A version below 1 or not a version at all is corrupt, and the advice is not to
+        upgrade this reader (that is for a newer major)."""
+        found = problem(forge(body_of(MESSAGES[:1]), protocol=version))
+        assert found.reason == "corrupt"
+        assert "older pipes_bus" in found.detail
+        assert "Upgrade" not in found.detail
 
 
 class TestForwardCompatibility:
