@@ -12,7 +12,9 @@ import pytest
 
 from tests.integrations.dagster_workers import write_script
 
-dagster = pytest.importorskip("dagster")
+dagster = pytest.importorskip(
+    "dagster", reason="dagster is not installed: pip install 'pipes-bus[dagster]'"
+)
 
 from dagster import (  # noqa: E402
     AssetCheckSeverity,

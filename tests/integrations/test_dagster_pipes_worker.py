@@ -24,7 +24,9 @@ from pipes_bus.transports import open_transport
 from tests.integrations.conftest import BlobStore
 from tests.integrations.dagster_workers import payloads, run_dagster_worker
 
-pytest.importorskip("dagster_pipes")
+pytest.importorskip(
+    "dagster_pipes", reason="dagster_pipes is not installed: pip install 'pipes-bus[dagster]'"
+)
 
 
 class TestWorkerSide:
