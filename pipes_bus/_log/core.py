@@ -33,9 +33,6 @@ _EPSILON = 1e-6
 # back): on a slow store, a writer publishing a chunk per round trip would otherwise keep the
 # pass going, and hold every event, until it stopped. Fast stores never reach it.
 DRAIN_BUDGET = 0.1
-# Seconds the beats feed looks back before the last beat it saw: a writer whose clock is
-# behind the others' by less than this is heard all the same.
-BEAT_WINDOW = 120.0
 _BEAT = msgspec.json.Decoder(Beat)
 
 
@@ -154,7 +151,6 @@ class ReaderCore:
         # when it was seen) is read and checked only before the writer would be lost.
         self._unchecked: dict[str, tuple[str, float]] = {}
         self._beats_seen: set[str] = set()
-        self._beats_latest = 0  # ms, on the writers' clocks
         self._feed_at: float | None = None
         # One pass reads at most about this much before returning (memory stays bounded
         # however large the messages; `behind` says there is more).
@@ -220,11 +216,8 @@ class ReaderCore:
         the per-stream probes, is what hears quiet writers soon, however many there are)."""
         return max(self.schedule.minimum, 1.5 / self.idle_rate)
 
-    def read_beats(
-        self, now: float, out: list[Item] | None = None, *, window: float = BEAT_WINDOW
-    ) -> Pass:
-        """List the beats left since the last seen (looking ``window`` seconds back, for
-        writers whose clocks are behind): note who was heard, probe who has news."""
+    def read_beats(self, now: float, out: list[Item] | None = None) -> Pass:
+        """List the beats feed: note who was heard, probe who has news."""
         self._feed_at = now
         prefix = _keys.beats_prefix(self.session)
         # The whole feed, every time: each writer keeps one beat there (it deletes the one
@@ -232,7 +225,9 @@ class ReaderCore:
         # is behind (or ahead of) the others' is never listed out of view.
         outcome, now = yield List(prefix, None)
         names = self._listed(outcome, prefix, out)
-        for name in names or ():
+        if not isinstance(names, list):
+            return  # not now, or a feed that cannot be listed (reported once)
+        for name in names:
             if name in self._beats_seen:
                 continue
             parsed = _keys.parse_beat(name)
@@ -243,8 +238,7 @@ class ReaderCore:
                     out.append(StreamFault("", where, "foreign", "not a beat; ignored"))
                 continue
             self._beats_seen.add(name)
-            millis, wake, writer = parsed
-            self._beats_latest = max(self._beats_latest, millis)
+            _, wake, writer = parsed
             stream = self._streams.get(writer)
             if stream is None:
                 self._discovered_at = None  # a writer not seen yet: list the streams soon
@@ -257,15 +251,14 @@ class ReaderCore:
             if wake and not stream.closed:
                 stream.due = now  # it has news: probe it on this pass
         # Names no longer listed were deleted (replaced by newer beats): forget them.
-        if names is not None:
-            self._beats_seen &= set(names)
+        self._beats_seen &= set(names)
 
-    def verify(self, now: float, writers: list[str], *, window: float) -> Pass:
-        """Before a writer is declared lost: probe its stream, list the beats feed
-        ``window`` seconds further back than usual, and (in a signed session) check its
-        latest beat's signature. Returns what the probes delivered, and any forged beat."""
+    def verify(self, now: float, writers: list[str]) -> Pass:
+        """Before a writer is declared lost: probe its stream, list the beats feed again,
+        and (in a signed session) check its latest beat's signature. Returns what the
+        probes delivered, and any forged beat."""
         out: list[Item] = []
-        yield from self.read_beats(now, out, window=window)
+        yield from self.read_beats(now, out)
         for writer in writers:
             stream = self._streams.get(writer)
             if stream is not None and not stream.closed:

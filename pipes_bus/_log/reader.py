@@ -233,10 +233,10 @@ class SessionReader:
         items: list[Item] = self._run(self.core.scan(self._clock()))
         return items
 
-    def verify(self, writers: list[str], *, window: float) -> list[Item]:
-        """Before ``writers`` are declared lost: probe their streams, and look ``window``
-        seconds back for their beats (see :meth:`ReaderCore.verify`)."""
-        items: list[Item] = self._run(self.core.verify(self._clock(), writers, window=window))
+    def verify(self, writers: list[str]) -> list[Item]:
+        """Before ``writers`` are declared lost: probe their streams and read their beats
+        again (see :meth:`ReaderCore.verify`)."""
+        items: list[Item] = self._run(self.core.verify(self._clock(), writers))
         return items
 
     def follow(

@@ -443,9 +443,9 @@ class ChunkWriter:
                 _log.error("%s", error)
                 return
             with self._lock:
-                quiet = self._clock() - self._published_at
+                now = self._clock()
+                quiet, self._published_at = now - self._published_at, now
                 self._published = sealed.first + sealed.count
-                self._published_at = self._clock()
                 self._pending -= sealed.size
                 self._cond.notify_all()
             if self.on_published is not None:

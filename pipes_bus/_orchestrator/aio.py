@@ -220,9 +220,7 @@ class AsyncSession(_Base):
                     outcome = await self._scan_all()
                 elif type(action) is Verify:
                     outcome = await arun(
-                        self.core.reader.verify(
-                            self._clock(), action.writers, window=action.window
-                        ),
+                        self.core.reader.verify(self._clock(), action.writers),
                         self._answers,
                         self._clock,
                     )

@@ -43,9 +43,6 @@ MAX_KEPT_FAULTS = 1000
 # However long the reader and the sources would sleep, the launched work is looked at
 # this often.
 _LOOK_AT_WORK = 1.0
-# Before a silent writer is declared lost, the beats feed is read this much further back
-# than usual: a writer whose clock is behind the orchestrator's by less is not lost.
-LOST_LOOK_BACK = 600.0
 
 
 class Poll(NamedTuple):
@@ -60,11 +57,10 @@ class Scan(NamedTuple):
 
 
 class Verify(NamedTuple):
-    """Before ``writers`` are declared lost: probe their streams, and read the beats feed
-    ``window`` seconds further back. The outcome is the batch."""
+    """Before ``writers`` are declared lost: probe their streams and read the beats feed
+    again. The outcome is the batch."""
 
     writers: list[str]
-    window: float
 
 
 class Wait(NamedTuple):
@@ -239,8 +235,7 @@ class SessionCore:
             silent = self._silent(now)
             if silent:
                 # Not heard from for too long: one closer look before calling them lost.
-                window = max(self.allowed_silence(w) or 0.0 for w in silent) + LOST_LOOK_BACK
-                more, now = yield Verify(silent, window)
+                more, now = yield Verify(silent)
                 batch = batch + self.record(more)
                 self._note_heard(now)
                 for writer in self._silent(now):

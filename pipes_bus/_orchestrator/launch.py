@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from pipes_bus._errors import ConfigurationError, LaunchError, PipesBusError
 from pipes_bus._log.items import Event, StreamFault
 from pipes_bus._log.writer import ChunkWriter
 from pipes_bus._orchestrator.lifecycle import record_end
+from pipes_bus._orchestrator.process import StopPolicy
 from pipes_bus._orchestrator.result import SessionResult
 from pipes_bus._orchestrator.session import Session, open_session
 from pipes_bus._wire import keys as _keys
@@ -100,11 +102,6 @@ def start(
     return JobControl(session, job, grace=grace, kill_after=kill_after)
 
 
-class _Policy:
-    def __init__(self, grace: float, kill_after: float) -> None:
-        self.grace, self.kill_after = grace, kill_after
-
-
 class OutputForwarder:
     """The platform's output as ``output`` events of one writer of the session's, bounded."""
 
@@ -173,7 +170,7 @@ class JobControl:
     ) -> None:
         self.job = job
         self._clock = clock
-        self.policy = _Policy(grace, kill_after)
+        self.policy = StopPolicy(grace, kill_after)
         self.stopping: str | None = None
         self.killed = False
         self._escalate_at: float | None = None
@@ -252,7 +249,7 @@ class JobControl:
     # ``grace`` seconds to stop by itself (a worker that checks a flag, closes cleanly),
     # then the platform's polite cancel, then after ``kill_after`` its forced one.
 
-    def request_stop(self, reason: str, signum: int = 15) -> None:
+    def request_stop(self, reason: str, signum: int = signal.SIGTERM) -> None:
         if self.stopping is None:
             self.stopping = reason
             self._escalate_at = self._clock() + self.policy.grace
@@ -300,7 +297,8 @@ class JobControl:
                 self.kill()
                 self.wait(30)
         self.finish()
-        return self.poll() or 0
+        code = self.poll()
+        return 1 if code is None else code  # a job that outlived its stop did not succeed
 
     def describe_stop(self) -> str | None:
         if self.stopping is None:

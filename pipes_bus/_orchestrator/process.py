@@ -9,7 +9,6 @@ group, and ``kill_after`` seconds later SIGKILL. Nothing it started outlives the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from pipes_bus._errors import ConfigurationError
+from pipes_bus._groups import group_alive, signal_group
 
 __all__ = ["LocalProcess", "StopPolicy"]
 
@@ -70,13 +70,7 @@ class LocalProcess:
 
     def group_alive(self) -> bool:
         """Whether any process of the command's group still runs (its own, or a child)."""
-        try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pragma: no cover - a process of another user joined it
-            return True
-        return True
+        return group_alive(self.pid)
 
     def wait(self) -> int:
         """Wait for the command itself to exit and return its status."""
@@ -86,8 +80,7 @@ class LocalProcess:
 
     def signal_group(self, signum: int) -> None:
         """Send ``signum`` to every process of the command's group."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+        signal_group(self.pid, signum)
 
     def request_stop(self, reason: str, signum: int = signal.SIGTERM) -> None:
         """Begin stopping: the first request sends ``signum`` and starts the grace; the next

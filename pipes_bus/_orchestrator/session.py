@@ -546,7 +546,7 @@ class Session(_Base):
                 elif type(action) is Scan:
                     outcome = self._scan_all()
                 elif type(action) is Verify:
-                    outcome = self.reader.verify(action.writers, window=action.window)
+                    outcome = self.reader.verify(action.writers)
                 elif type(action) is Wait:
                     self._sleep(action.seconds)
                 else:

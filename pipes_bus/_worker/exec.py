@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import msgspec
 
 from pipes_bus._errors import CommandFailed
+from pipes_bus._groups import group_alive, signal_group
 from pipes_bus._status import EXIT_BUS
 from pipes_bus._worker.capture import OUTPUT_PIECE
 
@@ -487,19 +488,10 @@ class _Signals:
 
     def signal_group(self, signum: int) -> None:
         if self.group is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.group, signum)
+            signal_group(self.group, signum)
 
     def group_alive(self) -> bool:
-        if self.group is None:
-            return False
-        try:
-            os.killpg(self.group, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pragma: no cover - a process of another user joined it
-            return True
-        return True
+        return self.group is not None and group_alive(self.group)
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # full already: the loop wakes anyway

@@ -45,6 +45,24 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, 79)
 
 
+def command_after_dashes(args: argparse.Namespace, example: str) -> list[str]:
+    """The command given after ``--``; a usage error, showing ``example``, if there is none."""
+    command = list(args.argv)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigurationError(f"Give a command to run after --, e.g. pipes-bus {example}")
+    return command
+
+
+def require_seconds(args: argparse.Namespace, *names: str) -> None:
+    """Each option in ``names`` that was given is 0 seconds or more (not NaN, not negative)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise ConfigurationError(f"--{name} must be seconds (0 or more), not {value!r}.")
+
+
 def _parser() -> argparse.ArgumentParser:
     from pipes_bus._orchestrator.core import DEFAULT_SETTLE
     from pipes_bus._orchestrator.session import BUS_ENV, default_bus_url

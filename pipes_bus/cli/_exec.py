@@ -94,18 +94,11 @@ def add_parser(commands: Any) -> None:
 
 def exec_command(args: argparse.Namespace) -> int:
     """Run the command; its exit status (a cancelled exec ends by SIGTERM instead)."""
-    from pipes_bus._errors import ConfigurationError
-
-    command = list(args.argv)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigurationError(
-            "Give a command to run after --, e.g. pipes-bus exec -- bash job.sh"
-        )
-    if not args.grace >= 0:
-        raise ConfigurationError(f"--grace must be seconds (0 or more), not {args.grace!r}.")
     from pipes_bus._worker.exec import run
+    from pipes_bus.cli import command_after_dashes, require_seconds
+
+    command = command_after_dashes(args, "exec -- bash job.sh")
+    require_seconds(args, "grace")
 
     result = run(
         command,

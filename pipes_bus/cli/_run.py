@@ -17,6 +17,7 @@ from pipes_bus._log.schedule import Schedule
 from pipes_bus._orchestrator.launch import require_shared, start
 from pipes_bus._orchestrator.session import Session
 from pipes_bus._wire.bootstrap import make_context
+from pipes_bus.cli import command_after_dashes, require_seconds
 from pipes_bus.cli._common import follow, key_values, storage_options
 
 __all__ = ["run"]
@@ -57,17 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from pipes_bus.cli._events import EventSink
     from pipes_bus.cli._view import make_view
 
-    command = list(args.argv)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigurationError(
-            "Give a command to run after --, e.g. pipes-bus run -- python job.py"
-        )
-    for name in ("timeout", "grace", "settle"):
-        value = getattr(args, name)
-        if value is not None and not value >= 0:
-            raise ConfigurationError(f"--{name} must be seconds (0 or more), not {value!r}.")
+    command = command_after_dashes(args, "run -- python job.py")
+    require_seconds(args, "timeout", "grace", "settle")
     session = Session(
         args.bus,
         context=make_context(_context(args.context), what="--context"),

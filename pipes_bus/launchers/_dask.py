@@ -24,6 +24,7 @@ from typing import IO, Any
 import distributed
 
 from pipes_bus._errors import ConfigurationError, LaunchError
+from pipes_bus._groups import signal_group
 from pipes_bus._redact import redact
 from pipes_bus.launchers._base import (
     Job,
@@ -77,11 +78,6 @@ class _Tail:
                         self.dropped += 1
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def run_command(
     command: Sequence[str],
     env: Mapping[str, str],
@@ -126,7 +122,7 @@ def run_command(
                     continue
                 if is_set:
                     if not done.is_set():
-                        _signal_group(proc.pid, sig)
+                        signal_group(proc.pid, sig)
                     break
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -137,7 +133,7 @@ def run_command(
     else:
         proc.wait()
     done.set()
-    _signal_group(proc.pid, signal.SIGKILL)  # ...what it left behind in its group is killed
+    signal_group(proc.pid, signal.SIGKILL)  # ...what it left behind in its group is killed
     code = proc.wait()
     watcher.join(timeout=POLL + 5.0)  # so that no wait of it outlives the task
     for thread in readers:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from pipes_bus._errors import LaunchError
+from pipes_bus._groups import signal_group
 from pipes_bus._orchestrator.process import LocalProcess, StopPolicy
 from pipes_bus.launchers._base import Job, JobStatus, Launcher, LaunchHandle, LaunchSpec, as_env
 
@@ -87,8 +88,8 @@ class _Pid(Job):
     def stop(self, *, force: bool = False) -> None:
         import signal
 
-        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
-            os.killpg(int(self.handle.job_id), signal.SIGKILL if force else signal.SIGTERM)
+        with contextlib.suppress(ValueError):  # not a process id: nothing of ours to stop
+            signal_group(int(self.handle.job_id), signal.SIGKILL if force else signal.SIGTERM)
 
 
 def _status(code: int) -> int:

@@ -153,3 +153,26 @@ class TestWakeBeats:
         items = script.run(core.poll(t), t)
         assert [i.message.payload for i in items] == [2]
         assert core.beat_counts.get("behind") == 1  # listed, an hour behind the other
+
+    def test_a_beats_folder_that_cannot_be_listed_is_one_fault_and_reading_goes_on(
+        self,
+    ) -> None:
+        """A planted object where the beats folder should be: one fault naming it, and the
+        streams are read on that pass and the next ones all the same."""
+        from pipes_bus._wire.keys import beats_prefix
+
+        core = ReaderCore(S, beats=True, discover_interval=0)
+        planted = UnreadableObjectError("a FIFO", url="x", key=beats_prefix(S), reason="foreign")
+        key0, key1 = chunk_key(S, "w", 0), chunk_key(S, "w", 1)
+        script = Script(
+            {key0: chunk("w", 0, 0, [Custom(payload=1)])},
+            {streams_prefix(S): ["w"], beats_prefix(S): planted},
+        )
+        first = script.run(core.poll(0.0))
+        faults = [i for i in first if isinstance(i, StreamFault)]
+        assert [(f.key, f.reason) for f in faults] == [(beats_prefix(S), "foreign")]
+        assert [i.message.payload for i in first if not isinstance(i, StreamFault)] == [1]
+        script.objects[key1] = chunk("w", 1, 1, [Custom(payload=2)])
+        t = core.feed_every() + 1.0
+        later = script.run(core.poll(t), t)
+        assert [i.message.payload for i in later] == [2]  # the fault is not repeated

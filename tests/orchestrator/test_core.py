@@ -48,9 +48,7 @@ def drive(
             elif type(action) is Scan:
                 outcome = script.run(core.reader.scan(now), now)
             elif type(action) is Verify:
-                outcome = script.run(
-                    core.reader.verify(now, action.writers, window=action.window), now
-                )
+                outcome = script.run(core.reader.verify(now, action.writers), now)
             elif type(action) is Wait:
                 now += action.seconds
             action = steps.send((outcome, now))
